@@ -1,0 +1,270 @@
+"""Reference Lorentz-model geometry: the spec every backend must match, in plain PyTorch.
+
+Curvature is ``-c`` with ``c > 0``. Points live on the hyperboloid
+``{(x_t, x) : x_t = sqrt(1/c + |x|^2)}``; every function takes and returns only the
+*space part* ``x`` (last dimension ``D``) and recomputes ``x_t`` from it, as MERU does.
+``<x, y>_L = x.y - x_t y_t``.
+
+Everything here is differentiable with plain autograd, including with respect to ``curv``,
+and finite (forward and backward) for every finite input. Run it in float64 to get the
+exact answer the kernels are tested against; half-precision inputs are computed in float32
+and returned in their own dtype.
+
+Clipping constants (shared by every backend, see ``hypkern/lorentz/constants.py``):
+
+* ``ASIN_EPS = 1e-6``: arguments of ``asin``/``acos`` are clipped into
+  ``[-1 + ASIN_EPS, 1 - ASIN_EPS]`` so the derivative stays below ``1/sqrt(2e-6) ~ 707``.
+* ``EXP_MAP_MAX = asinh(2**15)``: ``exp_map0`` caps ``sqrt(c)|v|`` there (as MERU does), so
+  outputs stay finite in float32 and half precision.
+* ``SMALL_R = 1e-3``: below this ``sqrt(c)|v|`` the maps use Taylor series of
+  ``sinh(r)/r`` and ``asinh(r)/r`` instead of the 0/0 quotient.
+* ``ANGLE_DENOM_EPS = 1e-8``: the denominator of the exterior angle is at least this; at
+  the degenerate configurations (``x = 0`` or ``x = y``) the angle becomes ``pi/2``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .constants import ANGLE_DENOM_EPS, ASIN_EPS, EXP_MAP_MAX, SMALL_R
+
+__all__ = [
+    "time_component",
+    "pairwise_inner",
+    "pairwise_dist",
+    "dist",
+    "exp_map0",
+    "log_map0",
+    "half_aperture",
+    "oxy_angle",
+    "entailment_loss",
+    "lorentz_contrastive_loss",
+    "clip_contrastive_loss",
+]
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _curv(curv, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(curv, torch.Tensor):
+        return curv.to(device=like.device, dtype=like.dtype)
+    return torch.tensor(float(curv), device=like.device, dtype=like.dtype)
+
+
+def _safe_sqrt(q: torch.Tensor) -> torch.Tensor:
+    """sqrt(q) for q >= 0 whose gradient is 0 (not inf/NaN) where q underflows to 0."""
+    tiny = torch.finfo(q.dtype).tiny
+    return torch.sqrt(torch.clamp(q, min=tiny))
+
+
+def time_component(x: torch.Tensor, curv) -> torch.Tensor:
+    """x_t = sqrt(1/c + |x|^2), shape ``x.shape[:-1]``."""
+    c = _curv(curv, x)
+    return torch.sqrt(1.0 / c + (x * x).sum(-1))
+
+
+def pairwise_inner(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
+    """<x_i, y_j>_L = x_i . y_j - x_t,i y_t,j for (N, D) x (M, D) -> (N, M)."""
+    out_dtype = x.dtype
+    x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
+    c = _curv(curv, x)
+    xt, yt = time_component(x, c), time_component(y, c)
+    return (x @ y.T - xt[:, None] * yt[None, :]).to(out_dtype)
+
+
+def _acosh_1p(u: torch.Tensor) -> torch.Tensor:
+    """acosh(1 + u) for u >= 0 as 2 asinh(sqrt(u/2)): exact near u = 0, where acosh(z) loses
+    all precision; the gradient is 0 at u = 0 (points that coincide)."""
+    return 2.0 * torch.asinh(_safe_sqrt(0.5 * u))
+
+
+def pairwise_dist(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
+    """d(x_i, y_j) = acosh(-c <x_i, y_j>_L) / sqrt(c), (N, D) x (M, D) -> (N, M).
+
+    ``u = -c<x,y>_L - 1`` is clipped at 0 (rounding can push it below) and the distance is
+    taken as ``2 asinh(sqrt(u/2)) / sqrt(c)``; its gradient is 0 where ``u`` is clipped.
+    """
+    out_dtype = x.dtype
+    x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
+    c = _curv(curv, x)
+    xt, yt = time_component(x, c), time_component(y, c)
+    u = torch.clamp(c * (xt[:, None] * yt[None, :] - x @ y.T) - 1.0, min=0.0)
+    return (_acosh_1p(u) / torch.sqrt(c)).to(out_dtype)
+
+
+def dist(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
+    """Row-wise distance d(x_i, y_i), (N, D) x (N, D) -> (N,).
+
+    Computed from differences, so it stays exact for nearby points:
+    ``|x-y|_L^2 = |x-y|^2 - (x_t-y_t)^2`` with ``x_t - y_t = (x-y).(x+y) / (x_t+y_t)``
+    (clipped at 0), and ``d = 2 asinh(sqrt(c) |x-y|_L / 2) / sqrt(c)``.
+    """
+    out_dtype = x.dtype
+    x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
+    c = _curv(curv, x)
+    xt, yt = time_component(x, c), time_component(y, c)
+    diff = x - y
+    e = (diff * diff).sum(-1)
+    f = (diff * (x + y)).sum(-1)
+    q = torch.clamp(e - (f / (xt + yt)) ** 2, min=0.0)
+    sc = torch.sqrt(c)
+    return (2.0 * torch.asinh(0.5 * sc * _safe_sqrt(q)) / sc).to(out_dtype)
+
+
+def _sinhc(r: torch.Tensor) -> torch.Tensor:
+    """sinh(min(r, EXP_MAP_MAX)) / r for r >= 0, with the series 1 + r^2/6 + r^4/120 below SMALL_R."""
+    small = r < SMALL_R
+    r_big = torch.where(small, torch.ones_like(r), r)
+    big = torch.sinh(torch.clamp(r_big, max=EXP_MAP_MAX)) / r_big
+    r2 = r * r
+    series = 1.0 + r2 / 6.0 + r2 * r2 / 120.0
+    return torch.where(small, series, big)
+
+
+def _asinhc(r: torch.Tensor) -> torch.Tensor:
+    """asinh(r) / r for r >= 0, with the series 1 - r^2/6 + 3 r^4/40 below SMALL_R."""
+    small = r < SMALL_R
+    r_big = torch.where(small, torch.ones_like(r), r)
+    big = torch.asinh(r_big) / r_big
+    r2 = r * r
+    series = 1.0 - r2 / 6.0 + 3.0 * r2 * r2 / 40.0
+    return torch.where(small, series, big)
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    # sqrt(sum x^2) with the gradient defined as 0 at x = 0.
+    sq = (x * x).sum(-1)
+    return torch.where(sq > 0, _safe_sqrt(sq), torch.zeros_like(sq))
+
+
+def exp_map0(v: torch.Tensor, curv) -> torch.Tensor:
+    """Exponential map at the origin: sinh(sqrt(c)|v|) v / (sqrt(c)|v|), (N, D) -> (N, D).
+
+    ``sqrt(c)|v|`` is capped at ``EXP_MAP_MAX = asinh(2^15)`` inside ``sinh`` (MERU's cap), so
+    huge tangent vectors map to points of space norm ``2^15/sqrt(c)``; ``v = 0`` maps to 0.
+    """
+    out_dtype = v.dtype
+    v = v.to(_compute_dtype(v))
+    c = _curv(curv, v)
+    r = torch.sqrt(c) * _norm(v)
+    return (_sinhc(r)[..., None] * v).to(out_dtype)
+
+
+def log_map0(x: torch.Tensor, curv) -> torch.Tensor:
+    """Logarithmic map at the origin: asinh(sqrt(c)|x|) x / (sqrt(c)|x|), (N, D) -> (N, D).
+
+    ``asinh(sqrt(c)|x|)`` equals MERU's ``acosh(sqrt(c) x_t)`` without its loss of precision
+    near the origin; ``x = 0`` maps to 0.
+    """
+    out_dtype = x.dtype
+    x = x.to(_compute_dtype(x))
+    c = _curv(curv, x)
+    r = torch.sqrt(c) * _norm(x)
+    return (_asinhc(r)[..., None] * x).to(out_dtype)
+
+
+def half_aperture(x: torch.Tensor, curv, min_radius: float = 0.1) -> torch.Tensor:
+    """Half-aperture of the entailment cone at x: asin(2K / (sqrt(c)|x|)), (N, D) -> (N,).
+
+    The argument is clipped at ``1 - ASIN_EPS`` (points within ``2K/sqrt(c)`` of the origin,
+    ``x = 0`` included, get the widest cone ``asin(1 - ASIN_EPS) ~ pi/2``, with gradient 0).
+    """
+    out_dtype = x.dtype
+    x = x.to(_compute_dtype(x))
+    c = _curv(curv, x)
+    limit = 1.0 - ASIN_EPS
+    # |x| below 2K / (sqrt(c) (1 - eps)) is clipped before dividing, so nothing is infinite.
+    n_min = 2.0 * min_radius / (torch.sqrt(c) * limit)
+    n = torch.maximum(_norm(x), n_min)
+    arg = torch.clamp(2.0 * min_radius / (torch.sqrt(c) * n), max=limit)
+    return torch.asin(arg).to(out_dtype)
+
+
+def oxy_angle(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
+    """Exterior angle at x of the triangle O-x-y, (N, D) x (N, D) -> (N,).
+
+    ``acos((y_t + c<x,y>_L x_t) / (|x| sqrt((c<x,y>_L)^2 - 1)))``. With ``z = -c<x,y>_L`` the
+    root is computed as ``sqrt(u (u + 2))``, ``u = max(z - 1, 0)``; the denominator is at least
+    ``ANGLE_DENOM_EPS`` and the quotient is clipped into ``[-1 + ASIN_EPS, 1 - ASIN_EPS]``.
+    """
+    out_dtype = x.dtype
+    x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
+    c = _curv(curv, x)
+    xt, yt = time_component(x, c), time_component(y, c)
+    z = c * (xt * yt - (x * y).sum(-1))
+    u = torch.clamp(z - 1.0, min=0.0)
+    numer = yt - z * xt
+    denom = torch.clamp(_norm(x) * _safe_sqrt(u * (u + 2.0)), min=ANGLE_DENOM_EPS)
+    arg = torch.clamp(numer / denom, min=-1.0 + ASIN_EPS, max=1.0 - ASIN_EPS)
+    return torch.acos(arg).to(out_dtype)
+
+
+def entailment_loss(text: torch.Tensor, image: torch.Tensor, curv, min_radius: float = 0.1) -> torch.Tensor:
+    """MERU's entailment loss: mean(relu(oxy_angle(text, image) - half_aperture(text))).
+
+    The text's cone should contain its image. Returns a 0-dim tensor in float32 (float64 for
+    float64 inputs)."""
+    angle = oxy_angle(text, image, curv).to(_compute_dtype(text))
+    aperture = half_aperture(text, curv, min_radius).to(_compute_dtype(text))
+    return F.relu(angle - aperture).mean()
+
+
+def _pairwise_targets(n: int, m: int, targets, device) -> torch.Tensor:
+    if targets is None:
+        if n != m:
+            raise ValueError(f"without targets, image and text need the same number of rows, got {n} and {m}")
+        return torch.arange(n, device=device)
+    return targets.to(device=device, dtype=torch.long)
+
+
+def _symmetric_ce(logits: torch.Tensor, targets, weights) -> torch.Tensor:
+    """Per-pair symmetric cross-entropy, weighted mean.
+
+    Pair i (image i, its positive text ``t_i``) contributes
+    ``0.5 * (-l[i, t_i] + lse_j l[i, j]) + 0.5 * (-l[i, t_i] + lse_k l[k, t_i])``; the loss is
+    ``sum_i w_i loss_i / sum_i w_i``. With ``t = arange(N)`` and unit weights this is CLIP's
+    ``0.5 (CE(l, diag) + CE(l^T, diag))``.
+    """
+    n, m = logits.shape
+    t = _pairwise_targets(n, m, targets, logits.device)
+    pos = logits.gather(1, t[:, None])[:, 0]
+    row_lse = torch.logsumexp(logits, dim=1)
+    col_lse = torch.logsumexp(logits, dim=0)[t]
+    per_pair = 0.5 * ((row_lse - pos) + (col_lse - pos))
+    if weights is None:
+        return per_pair.mean()
+    w = weights.to(per_pair.dtype)
+    return (w * per_pair).sum() / w.sum()
+
+
+def lorentz_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale, curv,
+                             targets: torch.Tensor | None = None,
+                             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MERU's contrastive loss, materialised: logits ``l_ij = -s d(image_i, text_j)``.
+
+    ``logit_scale`` is ``s`` itself (not its log), ``curv`` is ``c``. See ``_symmetric_ce``
+    for ``targets`` (positive text index per image, default the diagonal) and ``weights``."""
+    cd = _compute_dtype(image)
+    s = _curv(logit_scale, image.to(cd))
+    logits = -s * pairwise_dist(image.to(cd), text.to(cd), _curv(curv, image.to(cd)))
+    return _symmetric_ce(logits, targets, weights)
+
+
+def clip_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale,
+                          targets: torch.Tensor | None = None,
+                          weights: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's contrastive loss, materialised: ``l_ij = s cos(image_i, text_j)``; the raw
+    features are L2-normalised here."""
+    cd = _compute_dtype(image)
+    image, text = image.to(cd), text.to(cd)
+    s = _curv(logit_scale, image)
+    logits = s * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+    return _symmetric_ce(logits, targets, weights)
+
+
+# Keep the documented constant visible to readers of this module.
+assert abs(EXP_MAP_MAX - math.asinh(2.0 ** 15)) < 1e-12
