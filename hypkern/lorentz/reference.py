@@ -56,9 +56,9 @@ def _curv(curv, like: torch.Tensor) -> torch.Tensor:
 
 
 def _safe_sqrt(q: torch.Tensor) -> torch.Tensor:
-    """sqrt(q) for q >= 0 whose gradient is 0 (not inf/NaN) where q underflows to 0."""
+    """sqrt(q) for q >= 0, exactly 0 at 0, with gradient 0 (not inf/NaN) there."""
     tiny = torch.finfo(q.dtype).tiny
-    return torch.sqrt(torch.clamp(q, min=tiny))
+    return torch.where(q > 0, torch.sqrt(torch.clamp(q, min=tiny)), torch.zeros_like(q))
 
 
 def time_component(x: torch.Tensor, curv) -> torch.Tensor:
@@ -136,9 +136,8 @@ def _asinhc(r: torch.Tensor) -> torch.Tensor:
 
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
-    # sqrt(sum x^2) with the gradient defined as 0 at x = 0.
-    sq = (x * x).sum(-1)
-    return torch.where(sq > 0, _safe_sqrt(sq), torch.zeros_like(sq))
+    """|x| over the last dimension, with the gradient defined as 0 at x = 0."""
+    return _safe_sqrt((x * x).sum(-1))
 
 
 def exp_map0(v: torch.Tensor, curv) -> torch.Tensor:
