@@ -1,0 +1,291 @@
+"""The unlearning training loop: large batches by gradient caching, mixed precision,
+data parallelism, atomic checkpoints and exact resumption.
+
+One step (``t`` = the step index, 0-based):
+
+1. ``StepSampler(t)`` gives the global retain and forget indices; this rank takes its
+   contiguous slice of each (``B / world`` rows).
+2. Embeddings. *Plain* (``micro_batch_size=None``): encode the local slice with grad, gather
+   the slices of all ranks (gradient flows back to the local slice only). *Gradient caching*
+   (``micro_batch_size=m``): encode the local slice in chunks of ``m`` without grad, gather,
+   make the gathered embeddings leaves ``E`` with ``requires_grad``.
+3. ``L = unlearning_loss(E)`` on the whole global batch (fp32 geometry, identical on every
+   rank); backward. Caching: ``G = ∂L/∂E`` for the local rows, then re-encode each chunk with
+   grad and backprop ``G`` through it — ``Σ_chunks (∂e/∂θ)ᵀ G = ∂L/∂θ``, the same update as the
+   plain large batch with only ``m`` rows of activations alive at a time. (Encoders run in
+   eval mode — no dropout — so the re-encode reproduces the first pass.)
+4. Sum parameter gradients over ranks, unscale (fp16), clip the global norm, optimiser step,
+   MERU's scalar clamps.
+
+Because sampling is a pure function of ``(seed, t)``, the learning rate a function of ``t``, and
+the checkpoint holds the parameters and optimiser state bit-exactly, a run resumed from the
+checkpoint after step ``t`` continues exactly as the uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Sequence
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import ConfigError, UnlearnConfig
+from .data import ForgetRetain, StepSampler, fetch_batch
+from .dist import (all_reduce_grads, broadcast_module, default_device, gather_cat, local_slice,
+                   rank_world, scale_grad)
+from .objectives import StepEmbeddings, unlearning_loss
+from .params import select_trainable
+
+__all__ = ["Trainer", "lr_at", "build_optimizer"]
+
+
+def lr_at(cfg: UnlearnConfig, step: int) -> float:
+    """Learning rate of step ``step`` (0-based): linear warmup over ``warmup_steps``, then
+    constant / cosine / linear decay from ``lr`` to ``min_lr_ratio · lr`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps - 1)
+    p = min(1.0, (step - cfg.warmup_steps) / span)
+    lo = cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        f = 1.0
+    elif cfg.schedule == "cosine":
+        f = lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * p))
+    else:
+        f = lo + (1 - lo) * (1 - p)
+    return cfg.lr * f
+
+
+def build_optimizer(cfg: UnlearnConfig, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=False)
+
+
+def _autocast(cfg: UnlearnConfig, device: torch.device):
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _chunks(n: int, m: int | None):
+    m = m or max(n, 1)
+    return [slice(s, min(n, s + m)) for s in range(0, n, m)]
+
+
+class Trainer:
+    """Runs the unlearning steps on ``model`` in place (see the module docstring)."""
+
+    def __init__(self, model, dataset, split: ForgetRetain, concepts: list[str], cfg: UnlearnConfig,
+                 method: str, frozen=None, callbacks: Sequence[Callable] = (), log=None):
+        self.model, self.dataset, self.split, self.concepts = model, dataset, split, concepts
+        self.cfg, self.method, self.frozen = cfg, method, frozen
+        self.callbacks = list(callbacks or ())
+        self.rank, self.world = rank_world()
+        self.log = log or (lambda msg: print(msg, file=sys.stderr) if self.rank == 0 else None)
+        if cfg.parallel == "fsdp":
+            raise ConfigError("unlearn config field 'parallel': 'fsdp' is not implemented yet; use "
+                              "'ddp' (data parallel with gathered contrastive terms) or 'none'")
+        if cfg.parallel == "none" and self.world > 1:
+            raise ConfigError("unlearn config field 'parallel': 'none' but torch.distributed runs "
+                              f"{self.world} processes")
+        if cfg.parallel == "ddp" and self.world == 1 and not (torch.distributed.is_available()
+                                                               and torch.distributed.is_initialized()):
+            self.log("parallel='ddp' without torch.distributed initialised: running on one process")
+        for name, b in (("retain_batch_size", cfg.retain_batch_size), ("forget_batch_size", cfg.forget_batch_size)):
+            if b % self.world:
+                raise ConfigError(f"unlearn config field '{name}': {b} is not divisible by the "
+                                  f"world size {self.world} (it is the global batch)")
+        self.device = torch.device(cfg.device) if cfg.device else default_device()
+        self.geometry = model.geometry
+        self.sampler = StepSampler(split, cfg.retain_batch_size, cfg.forget_batch_size, cfg.seed, concepts)
+        self.root = os.path.join(cfg.out_dir, "checkpoints") if cfg.out_dir else None
+        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl") if cfg.out_dir else None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ one step's gradients
+    def _encode(self, model, images, tokens, grad: bool):
+        outs_i, outs_t = [], []
+        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        with ctx:
+            for sl in _chunks(images.shape[0], self.cfg.micro_batch_size):
+                with _autocast(self.cfg, self.device):
+                    outs_i.append(model.encode_image(images[sl]).float())
+                    outs_t.append(model.encode_text(tokens[sl]).float())
+        return torch.cat(outs_i), torch.cat(outs_t)
+
+    def _frozen_norms(self, images, tokens, nr):
+        if self.frozen is None:
+            return (None,) * 4
+        img, txt = self._encode(self.frozen, images, tokens, grad=False)
+        img_n, txt_n = img.norm(dim=-1), txt.norm(dim=-1)
+        return (gather_cat(img_n[:nr]), gather_cat(txt_n[:nr]), gather_cat(img_n[nr:]), gather_cat(txt_n[nr:]))
+
+    def _scalars(self):
+        inv = 1.0 / self.world
+        ls = scale_grad(self.model.logit_scale, inv)
+        curv = scale_grad(self.model.curv, inv) if self.geometry == "lorentz" else None
+        return ls, curv
+
+    def _step_grads(self, step: int, scaler) -> dict:
+        cfg = self.cfg
+        r_idx, f_idx, _ = self.sampler(step)
+        r_loc = r_idx[local_slice(len(r_idx), self.rank, self.world)]
+        f_loc = f_idx[local_slice(len(f_idx), self.rank, self.world)]
+        nr = len(r_loc)
+        images, tokens = fetch_batch(self.dataset, r_loc + f_loc, self.model, self.device)
+        norms = self._frozen_norms(images, tokens, nr)
+        ls, curv = self._scalars()
+        loss_kw = dict(geometry=self.geometry, method=self.method, cfg=cfg, logit_scale=ls, curv=curv,
+                       seed=cfg.seed, step=step)
+        if cfg.micro_batch_size is None:
+            img, txt = self._encode(self.model, images, tokens, grad=True)
+            emb = StepEmbeddings(gather_cat(img[:nr]), gather_cat(txt[:nr]), gather_cat(img[nr:]),
+                                 gather_cat(txt[nr:]), *norms)
+            loss, terms = unlearning_loss(emb, **loss_kw)
+            scaler.scale(loss).backward()
+            return terms
+        # Gradient caching.
+        img, txt = self._encode(self.model, images, tokens, grad=False)
+        leaves = [gather_cat(t).detach().requires_grad_(True) for t in (img[:nr], txt[:nr], img[nr:], txt[nr:])]
+        emb = StepEmbeddings(*leaves, *norms)
+        loss, terms = unlearning_loss(emb, **loss_kw)
+        scaler.scale(loss).backward()
+        nf = img.shape[0] - nr
+        g = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+        rs, fs = local_slice(nr * self.world, self.rank, self.world), local_slice(nf * self.world, self.rank, self.world)
+        g_img = torch.cat([g[0][rs], g[2][fs]])
+        g_txt = torch.cat([g[1][rs], g[3][fs]])
+        del leaves, emb, loss, g
+        for sl in _chunks(images.shape[0], cfg.micro_batch_size):
+            with _autocast(cfg, self.device):
+                e_img = self.model.encode_image(images[sl]).float()
+                e_txt = self.model.encode_text(tokens[sl]).float()
+            torch.autograd.backward([e_img, e_txt], [g_img[sl], g_txt[sl]])
+        return terms
+
+    # ------------------------------------------------------------------ the loop
+    def _state(self, scaler, fingerprint) -> dict:
+        return {"config": self.cfg.to_dict(), "method": self.method, "concepts": self.concepts,
+                "history": self.history, "scaler": scaler.state_dict(), "world_size": self.world,
+                "fingerprint": fingerprint}
+
+    def _check_resume(self, state: dict, fingerprint) -> None:
+        saved = state["config"]
+        now = self.cfg.to_dict()
+        diff = [k for k in now if k not in UnlearnConfig.RESUME_FREE and saved.get(k) != now[k]]
+        if diff:
+            raise ConfigError("cannot resume: the checkpoint was written with different settings for "
+                              + ", ".join(f"'{k}' ({saved.get(k)!r} -> {now[k]!r})" for k in diff))
+        if state["concepts"] != self.concepts or state["method"] != self.method:
+            raise ConfigError(f"cannot resume: the checkpoint unlearns {state['concepts']} with "
+                              f"{state['method']}, this run {self.concepts} with {self.method}")
+        if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6) for a, b in zip(state["fingerprint"], fingerprint)):
+            raise ConfigError("cannot resume: the model passed is not the original model the checkpoint "
+                              "started from (pass the same --model / weights as the first run)")
+
+    def _write_metrics(self, records: list[dict], mode: str) -> None:
+        if self.metrics_path is None or self.rank != 0:
+            return
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        if mode == "w":
+            ckpt.atomic_write_text(self.metrics_path, text)
+        else:
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+
+    def run(self) -> list[dict]:
+        cfg, model = self.cfg, self.model
+        torch.manual_seed(cfg.seed)
+        model.to(self.device)
+        model.eval()  # deterministic encoders: no dropout (exact gradient caching and resume)
+        if self.frozen is not None:
+            self.frozen.to(self.device).eval().requires_grad_(False)
+        broadcast_module(model)
+        fingerprint = ckpt.model_fingerprint(self.frozen if self.frozen is not None else model)
+        names = select_trainable(model, cfg.trainable, cfg.last_k, cfg.train_scalars)
+        named = dict(model.named_parameters())
+        params = [named[n] for n in names]
+        opt = build_optimizer(cfg, params)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        start = 0
+        if cfg.out_dir and self.rank == 0:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            if self.root and os.path.isdir(self.root):  # leftovers of a killed write
+                for d in os.listdir(self.root):
+                    if d.startswith(".ckpt-") and ".tmp." in d:
+                        shutil.rmtree(os.path.join(self.root, d), ignore_errors=True)
+        if cfg.resume:
+            path = ckpt.latest_checkpoint(self.root)
+            if path is None:
+                self.log(f"resume: no checkpoint in {self.root}; starting from step 0")
+            else:
+                state = ckpt.load_checkpoint(path, model, opt)
+                self._check_resume(state, fingerprint)
+                if state["trainable"] != names:
+                    raise ConfigError("cannot resume: the checkpoint trains different parameters")
+                scaler.load_state_dict(state["scaler"]) if state["scaler"] else None
+                self.history = [r for r in state["history"] if r["step"] <= state["step"]]
+                start = int(state["step"])
+                self.log(f"resume: continuing from {path} (step {start} of {cfg.steps})")
+        if self.rank == 0 and self.metrics_path is not None:
+            self._write_metrics(self.history, "w")
+        bar = None
+        if cfg.progress and self.rank == 0 and start < cfg.steps:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.steps, initial=start, desc=f"unlearn[{self.method}]", dynamic_ncols=True,
+                       file=sys.stderr)
+        n_trained = sum(p.numel() for p in params)
+        if self.rank == 0 and start == 0:
+            self.log(f"unlearn: {self.method.upper()} on {type(model).__name__} ({self.geometry}), "
+                     f"concepts={self.concepts}, {n_trained:,} trained parameters "
+                     f"({cfg.trainable}), {cfg.steps} steps, batch {cfg.retain_batch_size} retain + "
+                     f"{cfg.forget_batch_size} forget, world {self.world}")
+        try:
+            for step in range(start, cfg.steps):
+                t0 = time.perf_counter()
+                lr = lr_at(cfg, step)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                terms = self._step_grads(step, scaler)
+                all_reduce_grads(params)
+                scaler.unscale_(opt)
+                if cfg.grad_clip is not None:
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                else:
+                    gnorm = float(torch.linalg.vector_norm(torch.stack(
+                        [p.grad.norm() for p in params if p.grad is not None])))
+                scaler.step(opt)
+                scaler.update()
+                if hasattr(model, "clamp_parameters_"):
+                    model.clamp_parameters_()
+                record = {"step": step + 1, "lr": lr, "grad_norm": gnorm, **terms,
+                          "time_s": round(time.perf_counter() - t0, 4)}
+                self.history.append(record)
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                    self._write_metrics([record], "a")
+                    if bar is not None:
+                        bar.set_postfix({k: f"{terms[k]:.3g}" for k in
+                                         ("total", "align", "positive", "entail_cal", "norm_reg") if k in terms})
+                if bar is not None:
+                    bar.update(1)
+                done = step + 1
+                if self.root and self.rank == 0 and (
+                        done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                    ckpt.save_checkpoint(self.root, done, model, names, opt, self._state(scaler, fingerprint),
+                                         keep=cfg.keep_checkpoints)
+                for cb in self.callbacks:
+                    cb(done, record)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
