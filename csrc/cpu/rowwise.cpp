@@ -1,0 +1,365 @@
+// CPU kernels of the row-wise ops: dist, oxy_angle, exp_map0, log_map0, half_aperture.
+//
+// at::parallel_for over rows; per row one pass gathers the scalars (|x|^2, |y|^2, x.y, ...)
+// in the compute dtype (fp32 for fp16/bf16/fp32, fp64 for fp64), hk_math.h turns them into
+// the value or the backward coefficients, and (for the maps and the backward) a second sweep
+// over the same row, still in cache, writes the output. The curvature gradient is summed
+// from per-row contributions in float64.
+#include <algorithm>
+#include <vector>
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <torch/library.h>
+
+#include "../hk_host.h"
+#include "../hk_math.h"
+
+namespace hk {
+namespace cpu {
+namespace {
+
+// Calls f with a value of the storage type (float, double, Half, BFloat16). A plain function
+// instead of AT_DISPATCH_*: the loop bodies stay outside macro arguments so that their
+// `#pragma omp simd` lines are legal.
+template <typename F>
+void dispatch_all(at::ScalarType st, const F& f) {
+  switch (st) {
+    case at::kFloat: f(float{}); break;
+    case at::kDouble: f(double{}); break;
+    case at::kHalf: f(at::Half{}); break;
+    case at::kBFloat16: f(at::BFloat16{}); break;
+    default: TORCH_CHECK(false, "hypkern_native: unsupported dtype ", st);
+  }
+}
+
+template <typename F>
+void for_rows(int64_t N, int64_t D, const F& f) {
+  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / D), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) f(i);
+  });
+}
+
+double sum_f64(const std::vector<double>& v) {
+  double s = 0;
+  for (double t : v) s += t;
+  return s;
+}
+
+// ---------------------------------------------------------------------------- dist
+at::Tensor dist_fwd(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& curv) {
+  check_pair(x_in, y_in, true);
+  check_curv(curv, x_in);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  at::Tensor out = at::empty({N}, x.options());
+  const double cval = curv.item<double>();
+  dispatch_all(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* xr = xp + i * D;
+      const scalar_t* yr = yp + i * D;
+      T a = 0, b = 0, e = 0, f = 0;
+#pragma omp simd reduction(+ : a, b, e, f)
+      for (int64_t k = 0; k < D; ++k) {
+        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
+        const T dv = xv - yv;
+        a += xv * xv;
+        b += yv * yv;
+        e += dv * dv;
+        f += dv * (xv + yv);
+      }
+      op[i] = static_cast<scalar_t>(hk::dist_fwd(a, b, e, f, c));
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dist_bwd(const at::Tensor& grad, const at::Tensor& x_in,
+                                                        const at::Tensor& y_in, const at::Tensor& curv) {
+  check_pair(x_in, y_in, true);
+  check_curv(curv, x_in);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  check_grad(grad, {N}, x);
+  const at::Tensor g = grad.contiguous().to(at::kDouble);  // N scalars: read exactly
+  at::Tensor dx = at::empty_like(x), dy = at::empty_like(y);
+  std::vector<double> dcs(N);
+  const double cval = curv.item<double>();
+  dispatch_all(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const double* gp = g.const_data_ptr<double>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    scalar_t* dyp = dy.mutable_data_ptr<scalar_t>();
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* xr = xp + i * D;
+      const scalar_t* yr = yp + i * D;
+      T a = 0, b = 0, e = 0, f = 0;
+#pragma omp simd reduction(+ : a, b, e, f)
+      for (int64_t k = 0; k < D; ++k) {
+        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
+        const T dv = xv - yv;
+        a += xv * xv;
+        b += yv * yv;
+        e += dv * dv;
+        f += dv * (xv + yv);
+      }
+      T cdiff, cx, cy, dc;
+      hk::dist_bwd(static_cast<T>(gp[i]), a, b, e, f, c, cdiff, cx, cy, dc);
+      dcs[i] = dc;
+#pragma omp simd
+      for (int64_t k = 0; k < D; ++k) {
+        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
+        const T dv = xv - yv;
+        dxp[i * D + k] = static_cast<scalar_t>(cdiff * dv + cx * xv);
+        dyp[i * D + k] = static_cast<scalar_t>(cy * yv - cdiff * dv);
+      }
+    });
+  });
+  return {dx, dy, at::scalar_tensor(sum_f64(dcs), curv.options())};
+}
+
+// ---------------------------------------------------------------------------- oxy_angle
+at::Tensor oxy_angle_fwd(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& curv) {
+  check_pair(x_in, y_in, true);
+  check_curv(curv, x_in);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  at::Tensor out = at::empty({N}, x.options());
+  const double cval = curv.item<double>();
+  dispatch_all(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* xr = xp + i * D;
+      const scalar_t* yr = yp + i * D;
+      T a = 0, b = 0, p = 0;
+#pragma omp simd reduction(+ : a, b, p)
+      for (int64_t k = 0; k < D; ++k) {
+        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
+        a += xv * xv;
+        b += yv * yv;
+        p += xv * yv;
+      }
+      op[i] = static_cast<scalar_t>(hk::oxy_angle_fwd(a, b, p, c));
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> oxy_angle_bwd(const at::Tensor& grad, const at::Tensor& x_in,
+                                                             const at::Tensor& y_in, const at::Tensor& curv) {
+  check_pair(x_in, y_in, true);
+  check_curv(curv, x_in);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  check_grad(grad, {N}, x);
+  const at::Tensor g = grad.contiguous().to(at::kDouble);
+  at::Tensor dx = at::empty_like(x), dy = at::empty_like(y);
+  std::vector<double> dcs(N);
+  const double cval = curv.item<double>();
+  dispatch_all(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const double* gp = g.const_data_ptr<double>();
+    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+    scalar_t* dyp = dy.mutable_data_ptr<scalar_t>();
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* xr = xp + i * D;
+      const scalar_t* yr = yp + i * D;
+      T a = 0, b = 0, p = 0;
+#pragma omp simd reduction(+ : a, b, p)
+      for (int64_t k = 0; k < D; ++k) {
+        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
+        a += xv * xv;
+        b += yv * yv;
+        p += xv * yv;
+      }
+      T cxx, cxy, cyx, cyy, dc;
+      hk::oxy_angle_bwd(static_cast<T>(gp[i]), a, b, p, c, cxx, cxy, cyx, cyy, dc);
+      dcs[i] = dc;
+#pragma omp simd
+      for (int64_t k = 0; k < D; ++k) {
+        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
+        dxp[i * D + k] = static_cast<scalar_t>(cxx * xv + cxy * yv);
+        dyp[i * D + k] = static_cast<scalar_t>(cyx * xv + cyy * yv);
+      }
+    });
+  });
+  return {dx, dy, at::scalar_tensor(sum_f64(dcs), curv.options())};
+}
+
+// ---------------------------------------------------------------------------- maps at 0
+template <bool LOG>
+at::Tensor map_fwd(const at::Tensor& v_in, const at::Tensor& curv) {
+  check_matrix(v_in, LOG ? "x" : "v");
+  check_curv(curv, v_in);
+  const at::Tensor v = v_in.contiguous();
+  const int64_t N = v.size(0), D = v.size(1);
+  at::Tensor out = at::empty_like(v);
+  const double cval = curv.item<double>();
+  dispatch_all(v.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval);
+    const scalar_t* vp = v.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* vr = vp + i * D;
+      T a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t k = 0; k < D; ++k) {
+        const T t = static_cast<T>(vr[k]);
+        a += t * t;
+      }
+      const T s = hk::map_scale(LOG, a, c);
+#pragma omp simd
+      for (int64_t k = 0; k < D; ++k) op[i * D + k] = static_cast<scalar_t>(s * static_cast<T>(vr[k]));
+    });
+  });
+  return out;
+}
+
+template <bool LOG>
+std::tuple<at::Tensor, at::Tensor> map_bwd(const at::Tensor& grad, const at::Tensor& v_in,
+                                           const at::Tensor& curv) {
+  check_matrix(v_in, LOG ? "x" : "v");
+  check_curv(curv, v_in);
+  const at::Tensor v = v_in.contiguous();
+  const int64_t N = v.size(0), D = v.size(1);
+  check_grad(grad, v.sizes(), v);
+  at::Tensor g = grad.contiguous();
+  if (g.scalar_type() != v.scalar_type()) g = g.to(v.scalar_type());
+  at::Tensor dv = at::empty_like(v);
+  std::vector<double> dcs(N);
+  const double cval = curv.item<double>();
+  dispatch_all(v.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval);
+    const scalar_t* vp = v.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* dp = dv.mutable_data_ptr<scalar_t>();
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* vr = vp + i * D;
+      const scalar_t* gr = gp + i * D;
+      T a = 0, gv = 0;
+#pragma omp simd reduction(+ : a, gv)
+      for (int64_t k = 0; k < D; ++k) {
+        const T t = static_cast<T>(vr[k]);
+        a += t * t;
+        gv += static_cast<T>(gr[k]) * t;
+      }
+      T cg, cv, dc;
+      hk::map_bwd(LOG, a, gv, c, cg, cv, dc);
+      dcs[i] = dc;
+#pragma omp simd
+      for (int64_t k = 0; k < D; ++k)
+        dp[i * D + k] = static_cast<scalar_t>(cg * static_cast<T>(gr[k]) + cv * static_cast<T>(vr[k]));
+    });
+  });
+  return {dv, at::scalar_tensor(sum_f64(dcs), curv.options())};
+}
+
+// ---------------------------------------------------------------------------- half_aperture
+at::Tensor half_aperture_fwd(const at::Tensor& x_in, const at::Tensor& curv, double min_radius) {
+  check_matrix(x_in, "x");
+  check_curv(curv, x_in);
+  TORCH_CHECK(min_radius > 0, "hypkern_native: min_radius must be > 0");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  at::Tensor out = at::empty({N}, x.options());
+  const double cval = curv.item<double>();
+  dispatch_all(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval), K = static_cast<T>(min_radius);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* xr = xp + i * D;
+      T a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t k = 0; k < D; ++k) {
+        const T t = static_cast<T>(xr[k]);
+        a += t * t;
+      }
+      op[i] = static_cast<scalar_t>(hk::half_aperture_fwd(a, c, K));
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> half_aperture_bwd(const at::Tensor& grad, const at::Tensor& x_in,
+                                                     const at::Tensor& curv, double min_radius) {
+  check_matrix(x_in, "x");
+  check_curv(curv, x_in);
+  TORCH_CHECK(min_radius > 0, "hypkern_native: min_radius must be > 0");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  check_grad(grad, {N}, x);
+  const at::Tensor g = grad.contiguous().to(at::kDouble);
+  at::Tensor dx = at::empty_like(x);
+  std::vector<double> dcs(N);
+  const double cval = curv.item<double>();
+  dispatch_all(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval), K = static_cast<T>(min_radius);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const double* gp = g.const_data_ptr<double>();
+    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* xr = xp + i * D;
+      T a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t k = 0; k < D; ++k) {
+        const T t = static_cast<T>(xr[k]);
+        a += t * t;
+      }
+      T cx, dc;
+      hk::half_aperture_bwd(static_cast<T>(gp[i]), a, c, K, cx, dc);
+      dcs[i] = dc;
+#pragma omp simd
+      for (int64_t k = 0; k < D; ++k) dp[i * D + k] = static_cast<scalar_t>(cx * static_cast<T>(xr[k]));
+    });
+  });
+  return {dx, at::scalar_tensor(sum_f64(dcs), curv.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hypkern_native, CPU, m) {
+  m.impl("dist_fwd", &dist_fwd);
+  m.impl("dist_bwd", &dist_bwd);
+  m.impl("oxy_angle_fwd", &oxy_angle_fwd);
+  m.impl("oxy_angle_bwd", &oxy_angle_bwd);
+  m.impl("exp_map0_fwd", &map_fwd<false>);
+  m.impl("exp_map0_bwd", &map_bwd<false>);
+  m.impl("log_map0_fwd", &map_fwd<true>);
+  m.impl("log_map0_bwd", &map_bwd<true>);
+  m.impl("half_aperture_fwd", &half_aperture_fwd);
+  m.impl("half_aperture_bwd", &half_aperture_bwd);
+}
+
+}  // namespace cpu
+}  // namespace hk
