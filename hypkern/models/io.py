@@ -146,10 +146,12 @@ def _count_blocks(sd: dict, prefix: str) -> int:
     return max(ids) + 1 if ids else 0
 
 
-def infer_meru_config(sd: Mapping[str, torch.Tensor], **overrides) -> MERUConfig:
+def infer_meru_config(sd: Mapping[str, torch.Tensor], source: str = "state dict", **overrides) -> MERUConfig:
     """The :class:`MERUConfig` of a MERU / MERU-CLIP state dict, from its tensor shapes.
 
-    Attention heads cannot be read from shapes: official widths use MERU's values (vision 384,
+    Depth is the number of blocks present, raised to the official depth for official widths
+    (12 text layers at width 512; ViT-S/B 12, ViT-L 24 blocks), so a truncated checkpoint
+    fails with its missing keys. Attention heads cannot be read from shapes: official widths use MERU's values (vision 384,
     768 -> 12, 1024 -> 16; text 512 -> 8); other widths need ``vision_heads`` / ``text_heads``
     in ``overrides``. ``curv_init`` (which sets MERU's curvature clamp) defaults to 1.
     """
@@ -157,7 +159,8 @@ def infer_meru_config(sd: Mapping[str, torch.Tensor], **overrides) -> MERUConfig
             "textual.token_embed.weight", "textual.posit_embed", "visual_proj.weight"]
     missing = [k for k in need if k not in sd]
     if missing:
-        raise CheckpointError(f"not a MERU / MERU-CLIP state dict: missing {_listing(missing)}")
+        raise CheckpointKeyError(source, "MERU (needed to infer its architecture; the checkpoint may "
+                                 "be truncated; pass config= to list every missing key)", missing, [], [])
     vw = int(sd["visual.cls_token"].shape[-1])
     patch = int(sd["visual.patch_embed.proj.weight"].shape[-1])
     n_patches = int(sd["visual.pos_embed"].shape[1]) - 1
@@ -168,7 +171,7 @@ def infer_meru_config(sd: Mapping[str, torch.Tensor], **overrides) -> MERUConfig
     vision_heads = {arch["vision_width"]: arch["vision_heads"] for arch in VIT_ARCHS.values()}.get(vw)
     text_heads = _TEXT_HEADS.get(tw)
     cfg = dict(
-        geometry="lorentz" if "curv" in sd else "euclidean",
+        geometry="lorentz" if {"curv", "visual_alpha", "textual_alpha"} & set(sd) else "euclidean",
         image_size=grid * patch, patch_size=patch, vision_width=vw,
         vision_layers=_count_blocks(sd, "visual.blocks."), vision_heads=vision_heads,
         text_width=tw, text_layers=_count_blocks(sd, "textual.resblocks."), text_heads=text_heads,
@@ -176,9 +179,16 @@ def infer_meru_config(sd: Mapping[str, torch.Tensor], **overrides) -> MERUConfig
         vocab_size=int(sd["textual.token_embed.weight"].shape[0]),
         embed_dim=int(sd["visual_proj.weight"].shape[0]),
     )
-    if "pixel_mean" in sd and "pixel_std" in sd:
+    if "pixel_mean" in sd and "pixel_std" in sd and not sd["pixel_mean"].is_meta:
         cfg["pixel_mean"] = tuple(sd["pixel_mean"].flatten().tolist())
         cfg["pixel_std"] = tuple(sd["pixel_std"].flatten().tolist())
+    # A checkpoint cut short loses whole trailing blocks: for official widths assume the
+    # official depth, so the strict load names the missing blocks instead of shrinking the model.
+    official_vision = {a["vision_width"]: a["vision_layers"] for a in VIT_ARCHS.values()}.get(vw)
+    if official_vision is not None and cfg["vision_layers"] < official_vision:
+        cfg["vision_layers"] = official_vision
+    if tw in _TEXT_HEADS and cfg["text_layers"] < 12:
+        cfg["text_layers"] = 12
     cfg.update(overrides)
     for key, width in (("vision_heads", vw), ("text_heads", tw)):
         if cfg[key] is None:
@@ -193,7 +203,7 @@ def _load_meru_state_dict(sd: dict, source: str, config, overrides) -> VisionLan
         if overrides:
             cfg = MERUConfig.from_dict({**cfg.to_dict(), **overrides})
     else:
-        cfg = infer_meru_config(sd, **overrides)
+        cfg = infer_meru_config(sd, source, **overrides)
     model = build_meru_family(cfg)
     load_state_dict_strict(model, sd, source)
     return model
@@ -354,7 +364,8 @@ def _load_path(path: Path, config, overrides) -> VisionLanguageModel:
     if path.suffix == ".safetensors":
         return _load_hypkern(path, path.with_suffix(".json"))
     sd = _as_state_dict(_torch_load(path), path)
-    if "textual.token_embed.weight" in sd or "visual_proj.weight" in sd:
+    meru_like = ("textual.", "visual_proj.", "textual_proj.", "visual_alpha", "textual_alpha", "pixel_mean")
+    if any(k.startswith(meru_like) for k in sd):
         return _load_meru_state_dict(sd, str(path), config, overrides)
     if "token_embedding.weight" in sd and "logit_scale" in sd:
         raise CheckpointError(f"{path}: looks like open_clip weights; load them with "
