@@ -87,29 +87,34 @@ class UnlearnResult:
         return path
 
 
-def resolve_data(data, concepts, log) -> tuple[Any, Any, str]:
-    """``(train_data, eval_data, description)``: ``None`` -> the demo dataset (train split to
-    unlearn on, test split to evaluate); a path -> ``hypkern.data`` loads it; a dataset as is."""
-    if data is None:
+def resolve_data(data, model, log) -> tuple[Any, Any, str]:
+    """``(train_data, eval_data, description)``: ``None`` (or ``"demo"``) -> the demo dataset
+    (train split to unlearn on, test split to evaluate); a directory -> ``ImageFolderPairs``
+    (``root/<class>/*.jpg``); a ``.jsonl``/``.csv``/``.tsv`` file -> ``CaptionFilePairs``; a
+    dataset object as is. Path datasets use ``model.preprocess``."""
+    if data is None or (isinstance(data, str) and data == "demo"):
         try:
             from ..data.demo import load_demo
         except ImportError as exc:  # pragma: no cover - the demo ships with the package
             raise DataError("data=None needs the embedded demo dataset (hypkern.data.demo), which is "
                             "not available; pass data=") from exc
         log(DEMO_NOTE)
-        return load_demo("train"), load_demo("test"), "embedded demo dataset (hypkern.data.demo)"
+        size = getattr(model, "image_size", 32)
+        transform = None
+        if size != 32:  # the demo images are 32x32: resize to what the model expects
+            import torch.nn.functional as F
+            transform = lambda im: F.interpolate(im[None], size=(size, size), mode="bilinear",  # noqa: E731
+                                                 align_corners=False)[0]
+        return (load_demo("train", transform=transform), load_demo("test", transform=transform),
+                "embedded demo dataset (hypkern.data.demo)")
     if isinstance(data, (str, os.PathLike)):
         path = os.fspath(data)
-        if path == "demo":
-            return resolve_data(None, concepts, log)
         if not os.path.exists(path):
             raise DataError(f"data path not found: {path}")
-        from .. import data as data_pkg
-        loader = getattr(data_pkg, "load_dataset", None) or getattr(data_pkg, "load_pairs", None)
-        if loader is None:
-            raise DataError("loading data from a path needs hypkern.data.load_dataset, which is not "
-                            "available; pass a dataset object")
-        ds = loader(path)
+        from ..data import CaptionFilePairs, ImageFolderPairs
+        transform = getattr(model, "preprocess", None)
+        ds = (ImageFolderPairs(path, transform=transform) if os.path.isdir(path)
+              else CaptionFilePairs(path, transform=transform))
         return ds, ds, path
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise DataError(f"data must be a dataset of {{'image', 'caption', 'label', 'index'}} items, a "
@@ -153,7 +158,7 @@ def unlearn(model, concepts, data=None, *, method: str = "auto", config=None, ev
     if not hasattr(model, "geometry") or not hasattr(model, "encode_image"):
         raise TypeError(f"model must be a hypkern VisionLanguageModel, got {type(model).__name__}")
     resolved = cfg.resolved_method(model.geometry)
-    train_data, default_eval, source = resolve_data(data, concepts, log)
+    train_data, default_eval, source = resolve_data(data, model, log)
     eval_data = default_eval if eval_data is None else eval_data
     split = split_concepts(train_data, concepts, source=source)
     rank = rank_world()[0]

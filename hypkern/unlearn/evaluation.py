@@ -22,7 +22,9 @@ def concept_accuracy(model, data, concepts: Sequence[str], *, batch_size: int = 
 
     if data is None or getattr(data, "classnames", None) is None:
         return None
-    data = _capped(data, max_per_class)
+    data = _EvalView(data, max_per_class)
+    if len(data) == 0:
+        return None
     try:
         res = zeroshot_accuracy(model, data, list(concepts), batch_size=batch_size)
     except ValueError as exc:
@@ -34,37 +36,35 @@ def concept_accuracy(model, data, concepts: Sequence[str], *, batch_size: int = 
                                 "forget_classes", "n_images")}
 
 
-class _Capped(torch.utils.data.Dataset):
-    """At most ``cap`` items per label of ``data`` (first ones), keeping its attributes."""
+class _EvalView(torch.utils.data.Dataset):
+    """The items of ``data`` that have a class, at most ``cap`` per class, with ``label`` as the
+    class index (``hypkern.data`` pair datasets carry the class *name* in ``label`` and its index
+    in ``target``; the demo dataset carries the index in ``label``)."""
 
-    def __init__(self, data, cap: int):
+    def __init__(self, data, cap: int | None):
         self.data = data
+        self.classnames = list(data.classnames)
+        if hasattr(data, "templates"):
+            self.templates = data.templates
+        index = {c: k for k, c in enumerate(self.classnames)}
         labels = getattr(data, "labels", None)
         if labels is None:
             labels = [data[i]["label"] for i in range(len(data))]
-        labels = [int(l) for l in (labels.tolist() if hasattr(labels, "tolist") else labels)]
+        labels = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+        self.targets = [index.get(l, -1) if isinstance(l, str) else int(l) for l in labels]
         seen: dict[int, int] = {}
         self.keep = []
-        for i, l in enumerate(labels):
-            if seen.get(l, 0) < cap:
-                seen[l] = seen.get(l, 0) + 1
+        for i, t in enumerate(self.targets):
+            if t >= 0 and (cap is None or seen.get(t, 0) < cap):
+                seen[t] = seen.get(t, 0) + 1
                 self.keep.append(i)
-        self.classnames = data.classnames
-        if hasattr(data, "templates"):
-            self.templates = data.templates
 
     def __len__(self):
         return len(self.keep)
 
     def __getitem__(self, i):
-        return self.data[self.keep[i]]
-
-
-def _capped(data, cap):
-    if cap is None:
-        return data
-    capped = _Capped(data, cap)
-    return data if len(capped) == len(data) else capped
+        j = self.keep[i]
+        return {**self.data[j], "label": self.targets[j]}
 
 
 def fmt_acc(x) -> str:

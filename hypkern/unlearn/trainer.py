@@ -238,17 +238,17 @@ class Trainer:
                 self.log(f"resume: continuing from {path} (step {start} of {cfg.steps})")
         if self.rank == 0 and self.metrics_path is not None:
             self._write_metrics(self.history, "w")
-        bar = None
-        if cfg.progress and self.rank == 0 and start < cfg.steps:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.steps, initial=start, desc=f"unlearn[{self.method}]", dynamic_ncols=True,
-                       file=sys.stderr)
         n_trained = sum(p.numel() for p in params)
         if self.rank == 0 and start == 0:
             self.log(f"unlearn: {self.method.upper()} on {type(model).__name__} ({self.geometry}), "
                      f"concepts={self.concepts}, {n_trained:,} trained parameters "
                      f"({cfg.trainable}), {cfg.steps} steps, batch {cfg.retain_batch_size} retain + "
                      f"{cfg.forget_batch_size} forget, world {self.world}")
+        bar = None
+        if cfg.progress and self.rank == 0 and start < cfg.steps:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.steps, initial=start, desc=f"unlearn[{self.method}]", dynamic_ncols=True,
+                       file=sys.stderr)
         try:
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
