@@ -57,7 +57,7 @@ def embed(model, images):
 
 def lorentz_self_inner(x: torch.Tensor, curv) -> torch.Tensor:
     x = x.double()
-    x_t = torch.sqrt(1 / float(curv) + (x * x).sum(-1))
+    x_t = torch.sqrt(1 / float(torch.as_tensor(curv).detach()) + (x * x).sum(-1))
     return (x * x).sum(-1) - x_t * x_t
 
 
@@ -196,6 +196,35 @@ def test_open_clip_weights_file(tmp_path, images):
         load_open_clip_weights(dst, tmp_path / "bad.pt")
 
 
+def test_open_clip_config_name_with_local_weights(tmp_path, images):
+    """An open_clip config *name* plus a local weights file (a tiny config registered for the test)."""
+    import json
+    import open_clip
+    from hypkern.models.openclip_adapter import TINY_OPEN_CLIP_CFG
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "hypkern-test-tiny.json").write_text(json.dumps(TINY_OPEN_CLIP_CFG))
+    open_clip.add_model_config(tmp_path / "cfgs")
+    src = OpenCLIPModel(open_clip.create_model("hypkern-test-tiny"), name="hypkern-test-tiny").eval()
+    from safetensors.torch import save_file
+    save_file(src.model.state_dict(), str(tmp_path / "w.safetensors"))
+    loaded = load_model("hypkern-test-tiny", weights=tmp_path / "w.safetensors")
+    assert isinstance(loaded, OpenCLIPModel) and loaded.image_size == 32
+    for a, b in zip(embed(src, images), embed(loaded, images)):
+        assert torch.equal(a, b)
+    save_model(loaded, tmp_path / "saved")  # saved by name, rebuilt by name
+    assert torch.equal(embed(load_model(tmp_path / "saved"), images)[1], embed(src, images)[1])
+
+
+def test_deepcopy_is_independent(images):
+    import copy
+    m = tiny_meru(seed=8).eval()
+    frozen = copy.deepcopy(m)
+    assert torch.equal(embed(m, images)[0], embed(frozen, images)[0])
+    with torch.no_grad():
+        m.log_curv.fill_(0.5)
+    assert float(frozen.curv.detach()) == 1.0
+
+
 def test_factory_names():
     assert isinstance(load_model("tiny_meru"), MERU)
     assert isinstance(load_model("tiny_open_clip"), OpenCLIPModel)
@@ -248,7 +277,7 @@ def test_meru_embeddings_lie_on_the_hyperboloid(images, curv):
     with torch.no_grad():
         m.log_curv.fill_(math.log(curv))
     img, txt = embed(m, images)
-    assert math.isclose(float(m.curv), curv, rel_tol=1e-6)
+    assert math.isclose(float(m.curv.detach()), curv, rel_tol=1e-6)
     for x in (img, txt):
         inner = lorentz_self_inner(x, m.curv)
         assert torch.allclose(inner, torch.full_like(inner, -1 / curv), rtol=1e-5, atol=1e-5)
@@ -269,11 +298,11 @@ def test_scalars_clamped_like_meru():
         m.log_logit_scale.fill_(10.0)
         m.log_curv.fill_(5.0)
         m.visual_alpha.fill_(0.5)
-    assert math.isclose(float(m.logit_scale), 100.0, rel_tol=1e-5)
-    assert math.isclose(float(m.curv), 10.0, rel_tol=1e-5)
+    assert math.isclose(float(m.logit_scale.detach()), 100.0, rel_tol=1e-5)
+    assert math.isclose(float(m.curv.detach()), 10.0, rel_tol=1e-5)
     m.clamp_parameters_()
-    assert float(m.log_curv) == pytest.approx(math.log(10)) and float(m.visual_alpha) == 0.0
-    assert float(m.log_logit_scale) == pytest.approx(math.log(100))
+    assert float(m.log_curv.detach()) == pytest.approx(math.log(10)) and float(m.visual_alpha.detach()) == 0.0
+    assert float(m.log_logit_scale.detach()) == pytest.approx(math.log(100))
 
 
 def test_gradients_reach_curv_and_alphas(images):
