@@ -22,9 +22,11 @@ How it is built
   noise; one shape, its colour jittered around the class colour, drawn at a random position,
   radius 4-6 px ("small") or 8-11 px ("large"), with a random rotation for squares and
   triangles. Shapes are rasterised from coordinate grids (no PIL), in one batched pass.
-* **Splits**: ``"train"`` and ``"test"`` use different seeds derived from ``seed``, so test
-  images are held out. Items are ``{"image", "caption", "label", "index"}``; ``size`` is kept
-  in ``DemoShapes.sizes``.
+* **Splits**: ``"train"``, ``"test"`` and ``"val"`` use different seeds derived from ``seed``,
+  so test images are held out.
+* **Items** follow ``hypkern.data`` (``DemoShapes`` is a ``PairDataset``):
+  ``{"image", "caption", "label" (class name), "target" (class index), "index"}``;
+  ``targets`` (int64) and ``sizes`` (0 small, 1 large) hold every item's class index and size.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ import math
 from typing import Sequence
 
 import torch
-from torch.utils.data import Dataset
+
+from .pairs import PairDataset
 
 __all__ = [
     "SHAPES", "COLOURS", "SIZES", "FAMILIES", "ROOT", "CLASSNAMES", "TEMPLATES", "IMAGE_SIZE",
@@ -134,12 +137,12 @@ def _draw(n: int, labels: torch.Tensor, sizes: torch.Tensor, g: torch.Generator)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-class DemoShapes(Dataset):
-    """The demo dataset (see the module docstring). ``images`` are stored as uint8 and served
-    as float32 in [0, 1]; ``transform`` (if given) is applied to each served image tensor."""
+class DemoShapes(PairDataset):
+    """The demo dataset (see the module docstring). ``images`` are stored as uint8 (N, 3, 32, 32)
+    and served as float32 in [0, 1]; ``transform`` (if given) is applied to each served image."""
 
-    classnames = CLASSNAMES
-    templates = TEMPLATES
+    classnames = list(CLASSNAMES)
+    templates = list(TEMPLATES)
 
     def __init__(self, split: str = "train", seed: int = 0, n_per_class: int = 40, transform=None):
         if split not in _SPLIT_OFFSET:
@@ -150,14 +153,15 @@ class DemoShapes(Dataset):
         g = torch.Generator().manual_seed(int(seed) * 7919 + _SPLIT_OFFSET[split])
         k = len(CLASSNAMES)
         n = k * n_per_class
-        labels = torch.arange(k).repeat_interleave(n_per_class)
+        targets = torch.arange(k).repeat_interleave(n_per_class)
         # Balanced sizes within each class, then a seeded shuffle of the whole set.
         sizes = (torch.arange(n) % len(SIZES))
         perm = torch.randperm(n, generator=g)
-        self.labels = labels[perm]
+        self.targets = targets[perm]
         self.sizes = sizes[perm]
-        self.images = _draw(n, self.labels, self.sizes, g)
-        self.captions = [f"a {SIZES[int(s)]} {class_name(int(l))}" for l, s in zip(self.labels, self.sizes)]
+        self.images = _draw(n, self.targets, self.sizes, g)
+        self.labels = [class_name(int(t)) for t in self.targets]
+        self.captions = [f"a {SIZES[int(s)]} {name}" for name, s in zip(self.labels, self.sizes)]
         self.parents = self._parents()
 
     @staticmethod
@@ -170,22 +174,21 @@ class DemoShapes(Dataset):
                     parents[child] = parent
         return parents
 
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, i: int) -> dict:
+    def _image(self, i: int) -> torch.Tensor:
         image = self.images[i].float() / 255.0
-        if self.transform is not None:
-            image = self.transform(image)
-        return {"image": image, "caption": self.captions[i], "label": int(self.labels[i]), "index": int(i)}
+        return self.transform(image) if self.transform is not None else image
 
     def hierarchy(self, i: int) -> list[str]:
         """The captions of item ``i``, root first, instance caption last."""
-        return hierarchy_texts(int(self.labels[i]), SIZES[int(self.sizes[i])])
+        return hierarchy_texts(int(self.targets[i]), SIZES[int(self.sizes[i])])
 
-    def subset_by_labels(self, labels: Sequence[int]) -> list[int]:
-        """Indices of the items whose label is in ``labels``."""
-        keep = torch.isin(self.labels, torch.as_tensor(list(labels), dtype=torch.long))
+    def hierarchy_levels(self) -> dict[str, list[str]]:
+        """Every hierarchy text by level (see :func:`concept_texts`)."""
+        return concept_texts()
+
+    def indices_of(self, targets: Sequence[int]) -> list[int]:
+        """Indices of the items whose class index is in ``targets``."""
+        keep = torch.isin(self.targets, torch.as_tensor(list(targets), dtype=torch.long))
         return torch.nonzero(keep)[:, 0].tolist()
 
 

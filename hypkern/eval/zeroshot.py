@@ -102,32 +102,54 @@ def _contains_words(name: list[str], words: list[str]) -> bool:
     return any(name[i:i + k] == words for i in range(len(name) - k + 1))
 
 
-def _batches(data, batch_size: int):
-    """Yield ``(images, captions, labels)`` from a dataset of item dicts, a DataLoader of
-    ``(images, captions, labels, indices)`` tuples or of dicts, or a list of such batches."""
+def _label_index(label, index: dict[str, int] | None) -> int:
+    if isinstance(label, str):
+        if index is None:
+            raise ValueError("string labels need classnames to map them to class indices")
+        return index.get(label, -1)
+    return int(label)
+
+
+def _batches(data, batch_size: int, classnames: Sequence[str] | None = None):
+    """Yield ``(images, captions, labels)`` (labels: class indices, -1 for none) from a dataset
+    of item dicts (``target`` preferred over ``label``), a loader of ``(images, captions,
+    labels, indices)`` tuples or of dicts, or a list of such batches. String labels are
+    mapped through ``classnames``."""
+    index = {c: k for k, c in enumerate(classnames)} if classnames is not None else None
     if isinstance(data, torch.utils.data.Dataset):
         n = len(data)
         for start in range(0, n, batch_size):
             items = [data[i] for i in range(start, min(n, start + batch_size))]
+            labels = [it["target"] if "target" in it else it["label"] for it in items]
             yield (torch.stack([it["image"] for it in items]), [it["caption"] for it in items],
-                   torch.tensor([int(it["label"]) for it in items]))
+                   torch.tensor([_label_index(l, index) for l in labels], dtype=torch.long))
         return
     for batch in data:
         if isinstance(batch, dict):
-            yield batch["image"], list(batch["caption"]), torch.as_tensor(batch["label"])
+            images, captions = batch["image"], batch["caption"]
+            labels = batch["target"] if "target" in batch else batch["label"]
         else:
             images, captions, labels = batch[0], batch[1], batch[2]
-            yield images, list(captions), torch.as_tensor(labels)
+        if torch.is_tensor(labels):
+            labels = labels.long().cpu()
+        else:
+            labels = torch.tensor([_label_index(l, index) for l in labels], dtype=torch.long)
+        yield images, list(captions), labels
 
 
-def encode_images(model, data, *, batch_size: int = 256, device=None) -> EncodedImages:
-    """Embed every image of ``data`` with ``model.encode_image(project=True)`` (float32, CPU)."""
+def encode_images(model, data, *, batch_size: int = 256, device=None,
+                  classnames: Sequence[str] | None = None) -> EncodedImages:
+    """Embed every image of ``data`` with ``model.encode_image(project=True)`` (float32, CPU).
+    ``labels`` are class indices (``-1`` for items without a class); string labels are mapped
+    through ``classnames`` (default ``data.classnames``)."""
     device = torch.device(device) if device is not None else model_device(model)
+    if classnames is None:
+        classnames = _attr(data, "classnames", ())
     feats, labels, captions = [], [], []
     with eval_mode(model):
-        for images, caps, labs in _batches(data, batch_size):
+        for images, caps, labs in _batches(data, batch_size, classnames or None):
             feats.append(model.encode_image(images.to(device)).float().cpu())
-            labels.append(labs.long().cpu())
+            labels.append(labs)
             captions.extend(caps)
     if not feats:
         raise ValueError("data is empty")
@@ -226,11 +248,12 @@ def zeroshot_accuracy(model, data, concepts: Iterable = (), *, classnames: Seque
         templates = _attr(data, "templates", ("a {}",))
     forget = resolve_concepts(classnames, concepts)
     if images is None:
-        images = encode_images(model, data, batch_size=batch_size, device=device)
+        images = encode_images(model, data, batch_size=batch_size, device=device, classnames=classnames)
     classifier = zeroshot_classifier(model, classnames, templates, device=device)
+    keep = images.labels >= 0  # items without a class take no part
     with torch.no_grad():
-        scores = class_scores(model, images.feats, classifier)
-    return accuracy_from_scores(scores.cpu(), images.labels, classnames, forget)
+        scores = class_scores(model, images.feats[keep], classifier)
+    return accuracy_from_scores(scores.cpu(), images.labels[keep], classnames, forget)
 
 
 def _attr(data, name: str, default=None):
