@@ -30,7 +30,10 @@ Stable names (the fused-loss kernels import them; keep them):
 
 Clipping constants of ``hypkern/lorentz/constants.py`` are module-level ``tl.constexpr``
 values here (``ASIN_EPS``, ``EXP_MAP_MAX``, ``SMALL_R``, ``ANGLE_DENOM_EPS``), so every kernel
-clips exactly where the reference does.
+clips exactly where the reference does. Pitfalls for float64 kernels (both checked by the
+tests): ``tl.minimum``/``tl.maximum`` with a float scalar, and arithmetic between two
+constexprs inside a kernel, round the constant to float32; use ``min_c``/``max_c`` and the
+precomputed ``ASIN_HI``/``ASIN_LO`` (or host-computed constexprs) instead.
 """
 from __future__ import annotations
 
@@ -42,8 +45,12 @@ import triton.language as tl
 from .. import constants as _C
 
 ASIN_EPS = tl.constexpr(_C.ASIN_EPS)
+#: ``1 - ASIN_EPS`` and ``-1 + ASIN_EPS``, precomputed: arithmetic between constexprs inside a
+#: kernel is rounded to float32 by the interpreter, so kernels use these instead.
+ASIN_HI = tl.constexpr(1.0 - _C.ASIN_EPS)
+ASIN_LO = tl.constexpr(-1.0 + _C.ASIN_EPS)
 EXP_MAP_MAX = tl.constexpr(_C.EXP_MAP_MAX)
-SINH_EXP_MAP_MAX = tl.constexpr(math.sinh(_C.EXP_MAP_MAX))
+NEG_SINH_EXP_MAP_MAX = tl.constexpr(-math.sinh(_C.EXP_MAP_MAX))
 SMALL_R = tl.constexpr(_C.SMALL_R)
 ANGLE_DENOM_EPS = tl.constexpr(_C.ANGLE_DENOM_EPS)
 PI = tl.constexpr(math.pi)
@@ -53,21 +60,22 @@ TINY_F32 = tl.constexpr(1.1754943508222875e-38)
 TINY_F64 = tl.constexpr(2.2250738585072014e-308)
 
 __all__ = [
-    "ASIN_EPS", "EXP_MAP_MAX", "SMALL_R", "ANGLE_DENOM_EPS", "PI", "HALF_PI",
+    "ASIN_EPS", "ASIN_HI", "ASIN_LO", "EXP_MAP_MAX", "SMALL_R", "ANGLE_DENOM_EPS", "PI", "HALF_PI",
     "log1p", "expm1", "sinh", "cosh", "asinh", "acosh", "acosh_1p", "acosh_1p_d",
     "asin", "acos", "asin_d", "sinhc", "sinhc_d", "asinhc", "asinhc_d", "tiny_like", "min_c", "max_c",
 ]
 
 
 @triton.jit
-def min_c(x, c):
-    """min(x, c) for a Python/constexpr constant c kept at x's precision (``tl.minimum`` with a
-    scalar rounds the scalar to float32 first, which float64 kernels cannot afford)."""
+def min_c(x, c: tl.constexpr):
+    """min(x, c) for a constant c kept at x's precision (``tl.minimum`` with a scalar, like
+    any non-constexpr float argument, rounds it to float32 first, which float64 kernels cannot
+    afford; ``c`` must be a compile-time constant)."""
     return tl.where(x < c, x, c)
 
 
 @triton.jit
-def max_c(x, c):
+def max_c(x, c: tl.constexpr):
     """max(x, c) for a constant c kept at x's precision (see ``min_c``)."""
     return tl.where(x > c, x, c)
 
@@ -260,7 +268,7 @@ def sinhc_d(r):
     rm = min_c(tl.maximum(r, 0.5), EXP_MAP_MAX)
     mid = (rm * cosh(rm) - sinh(rm)) / (rm * rm * rm)
     rb = max_c(r, EXP_MAP_MAX)
-    big = -SINH_EXP_MAP_MAX / (rb * rb * rb)
+    big = NEG_SINH_EXP_MAP_MAX / (rb * rb * rb)
     return tl.where(r < 0.5, p, tl.where(r > EXP_MAP_MAX, big, mid))
 
 

@@ -4,13 +4,14 @@
   ``n_min = 2K / (sqrt(c) (1 - ASIN_EPS))``, argument clipped at ``1 - ASIN_EPS``: points
   within ``n_min`` of the origin (``x = 0`` included) get ``asin(1 - ASIN_EPS)`` and
   gradient 0 (w.r.t. ``x`` and ``c``).
-* ``oxy_angle(x, y)``: from the per-row scalars ``a = |x|^2``, ``b = |y|^2``, ``p = x.y``:
-  ``z = c (x_t y_t - p)``, ``u = max(z - 1, 0)``,
+* ``oxy_angle(x, y)``: from the per-row scalars ``a = |x|^2``, ``b = |y|^2``,
+  ``e = |x - y|^2``, ``f = (x - y).(x + y)``: ``z = c (x_t y_t - x.y)``, computed as
+  ``z - 1 = c (e - (f / (x_t + y_t))^2) / 2`` (no cancellation), ``u = max(z - 1, 0)``,
   ``arg = (y_t - z x_t) / max(sqrt(a) sqrt(u (u + 2)), ANGLE_DENOM_EPS)`` clipped into
   ``[-1 + ASIN_EPS, 1 - ASIN_EPS]``, angle ``acos(arg)``. Degenerate ``x = 0`` or ``x = y``
   give ``pi/2``-ish with finite gradients; every clip zeroes the gradient through it, exactly
-  as in the reference. Backward: the scalar partials ``F_a, F_b, F_p, F_c`` then
-  ``dx = 2 F_a x + F_p y``, ``dy = 2 F_b y + F_p x``.
+  as in the reference. Backward: the scalar partials ``F_a, F_b, F_e, F_f, F_c``, then
+  ``dx = 2 F_e (x - y) + 2 (F_f + F_a) x``, ``dy = -2 F_e (x - y) + 2 (F_b - F_f) y``.
 """
 from __future__ import annotations
 
@@ -18,22 +19,24 @@ import triton
 import triton.language as tl
 import torch
 
+from ..constants import ASIN_EPS
 from . import _math as M
+from .dist import _dist_scalars
 from ._common import compute_dtype, curv_operand, finish_curv_grad, row_config, tl_compute
 
 
 # ----------------------------------------------------------------------------- half-aperture
 
 @triton.jit
-def _half_aperture_core(a, c, K: tl.constexpr):
-    """(value, d value / d|x| / |x|, d value / dc) per row."""
-    limit = 1.0 - M.ASIN_EPS
+def _half_aperture_core(a, c, TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr):
+    """(value, d value / d|x| / |x|, d value / dc) per row; TWO_K = 2K and
+    TWO_K_HI = 2K / (1 - ASIN_EPS) come from the host (exact in float64)."""
     sc = tl.sqrt(c)
     nrm = tl.sqrt(a)
-    n_min = (2.0 * K / limit) / sc
+    n_min = TWO_K_HI / sc
     inside = nrm > n_min
     nn = tl.where(inside, nrm, n_min)
-    arg = M.min_c((2.0 * K) / (sc * nn), limit)
+    arg = M.min_c(TWO_K / (sc * nn), M.ASIN_HI)
     val = M.asin(arg)
     dval_darg = tl.where(inside, M.asin_d(arg), 0.0)
     d_dn_over_n = -dval_darg * arg / (nn * nn)
@@ -53,18 +56,18 @@ def _row_sq(X, base, rmask, D, CDT: tl.constexpr, BR: tl.constexpr, BD: tl.const
 
 
 @triton.jit
-def _half_aperture_fwd_kernel(X, CURV, OUT, N, D, K: tl.constexpr, CDT: tl.constexpr,
+def _half_aperture_fwd_kernel(X, CURV, OUT, N, D, TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr, CDT: tl.constexpr,
                               BR: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < N
     a = _row_sq(X, rows.to(tl.int64) * D, rmask, D, CDT, BR, BD)
     c = tl.load(CURV).to(CDT)
-    val, _, _ = _half_aperture_core(a, c, K)
+    val, _, _ = _half_aperture_core(a, c, TWO_K, TWO_K_HI)
     tl.store(OUT + rows, val.to(OUT.dtype.element_ty), mask=rmask)
 
 
 @triton.jit
-def _half_aperture_bwd_kernel(X, CURV, G, DX, CPART, N, D, K: tl.constexpr, CDT: tl.constexpr,
+def _half_aperture_bwd_kernel(X, CURV, G, DX, CPART, N, D, TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr, CDT: tl.constexpr,
                               BR: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BR + tl.arange(0, BR)
@@ -73,7 +76,7 @@ def _half_aperture_bwd_kernel(X, CURV, G, DX, CPART, N, D, K: tl.constexpr, CDT:
     a = _row_sq(X, base, rmask, D, CDT, BR, BD)
     c = tl.load(CURV).to(CDT)
     g = tl.load(G + rows, mask=rmask, other=0.0).to(CDT)
-    _, dn, dc = _half_aperture_core(a, c, K)
+    _, dn, dc = _half_aperture_core(a, c, TWO_K, TWO_K_HI)
     tl.store(CPART + pid, tl.sum(g * dc, 0))
     coef = g * dn
     for k0 in range(0, D, BD):
@@ -84,13 +87,18 @@ def _half_aperture_bwd_kernel(X, CURV, G, DX, CPART, N, D, K: tl.constexpr, CDT:
         tl.store(DX + ptr, (coef[:, None] * x).to(DX.dtype.element_ty), mask=m)
 
 
+def _k_consts(min_radius):
+    two_k = 2.0 * float(min_radius)
+    return dict(TWO_K=two_k, TWO_K_HI=two_k / (1.0 - ASIN_EPS))
+
+
 def half_aperture_fwd(x, curv, min_radius):
     """asin(2K / (sqrt(c)|x|)), argument clipped at 1 - ASIN_EPS."""
     n, d = x.shape
     out = torch.empty(n, device=x.device, dtype=x.dtype)
     cfg = row_config(d)
     _half_aperture_fwd_kernel[(triton.cdiv(n, cfg["BR"]),)](
-        x, curv_operand(curv, x), out, n, d, K=float(min_radius), CDT=tl_compute(x.dtype), **cfg)
+        x, curv_operand(curv, x), out, n, d, **_k_consts(min_radius), CDT=tl_compute(x.dtype), **cfg)
     return out
 
 
@@ -101,38 +109,29 @@ def half_aperture_bwd(grad, x, curv, min_radius):
     dx = torch.empty_like(x)
     cpart = torch.empty(grid[0], device=x.device, dtype=compute_dtype(x.dtype))
     _half_aperture_bwd_kernel[grid](x, curv_operand(curv, x), grad, dx, cpart, n, d,
-                                    K=float(min_radius), CDT=tl_compute(x.dtype), **cfg)
+                                    **_k_consts(min_radius), CDT=tl_compute(x.dtype), **cfg)
     return dx, finish_curv_grad(cpart, curv)
 
 
 # ----------------------------------------------------------------------------- oxy_angle
 
 @triton.jit
-def _pair_scalars(X, Y, base, rmask, D, CDT: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    a = tl.zeros([BR], CDT)
-    b = tl.zeros([BR], CDT)
-    p = tl.zeros([BR], CDT)
-    for k0 in range(0, D, BD):
-        ks = k0 + tl.arange(0, BD)
-        m = rmask[:, None] & (ks[None, :] < D)
-        x = tl.load(X + base[:, None] + ks[None, :], mask=m, other=0.0).to(CDT)
-        y = tl.load(Y + base[:, None] + ks[None, :], mask=m, other=0.0).to(CDT)
-        a += tl.sum(x * x, 1)
-        b += tl.sum(y * y, 1)
-        p += tl.sum(x * y, 1)
-    return a, b, p
+def _oxy_core(a, b, e, f, c, g, WITH_GRAD: tl.constexpr):
+    """Angle and (if WITH_GRAD) grad * (d/da, d/db, d/de, d/df, d/dc) of it, per row.
 
-
-@triton.jit
-def _oxy_core(a, b, p, c, g, WITH_GRAD: tl.constexpr):
-    """Angle and (if WITH_GRAD) grad * (d/da, d/db, d/dp, d/dc) of it, per row."""
+    ``z - 1 = c (x_t y_t - p) - 1`` is computed without cancellation as ``c q / 2`` with
+    ``q = e - (f / s)^2``, ``s = x_t + y_t`` (the row-wise distance's ``|x - y|_L^2``), and the
+    numerator ``y_t - z x_t`` as ``-f / s - (z - 1) x_t``: the same numbers as the
+    reference's formula, without its rounding for nearby or collinear points."""
     inv_c = 1.0 / c
     xt = tl.sqrt(inv_c + a)
     yt = tl.sqrt(inv_c + b)
-    lt = xt * yt - p                      # -<x,y>_L
-    z = c * lt
-    u = tl.maximum(z - 1.0, 0.0)
-    numer = yt - z * xt
+    s = xt + yt
+    gg = f / s                             # x_t - y_t
+    uraw = 0.5 * c * (e - gg * gg)         # z - 1
+    u_ok = uraw >= 0.0
+    u = tl.where(u_ok, uraw, 0.0)
+    numer = -gg - uraw * xt                # y_t - z x_t
     nx = tl.sqrt(a)
     q = u * (u + 2.0)
     q_ok = q >= M.tiny_like(q)
@@ -140,11 +139,9 @@ def _oxy_core(a, b, p, c, g, WITH_GRAD: tl.constexpr):
     den_raw = nx * sq
     den_ok = den_raw >= M.ANGLE_DENOM_EPS
     den = M.max_c(den_raw, M.ANGLE_DENOM_EPS)
-    lo = -1.0 + M.ASIN_EPS
-    hi = 1.0 - M.ASIN_EPS
     ratio = numer / den
-    arg_ok = (ratio >= lo) & (ratio <= hi)
-    arg = M.min_c(M.max_c(ratio, lo), hi)
+    arg_ok = (ratio >= M.ASIN_LO) & (ratio <= M.ASIN_HI)
+    arg = M.min_c(M.max_c(ratio, M.ASIN_LO), M.ASIN_HI)
     val = M.acos(arg)
     if WITH_GRAD:
         g_arg = tl.where(arg_ok, -g * M.asin_d(arg), 0.0)
@@ -152,30 +149,35 @@ def _oxy_core(a, b, p, c, g, WITH_GRAD: tl.constexpr):
         g_den = tl.where(den_ok, -g_arg * arg / den, 0.0)
         g_nx = g_den * sq
         sq_safe = tl.where(q_ok, sq, 1.0)
-        g_u = tl.where(q_ok, g_den * nx * (u + 1.0) / sq_safe, 0.0)
-        g_z = -g_num * xt + tl.where(z - 1.0 >= 0.0, g_u, 0.0)
-        g_xt = -g_num * z + g_z * c * yt
-        g_yt = g_num + g_z * c * xt
-        g_p = -g_z * c
+        g_u = tl.where(q_ok & u_ok, g_den * nx * (u + 1.0) / sq_safe, 0.0)
+        g_uraw = g_u - g_num * xt
+        g_xt = -g_num * uraw
+        g_gg = -g_num - g_uraw * c * gg
+        g_e = 0.5 * c * g_uraw
+        g_f = g_gg / s
+        g_s = -g_gg * gg / s
+        g_xt += g_s
+        g_yt = g_s
         nx_safe = tl.where(a > 0.0, nx, 1.0)
         g_a = g_xt / (2.0 * xt) + tl.where(a > 0.0, g_nx / (2.0 * nx_safe), 0.0)
         g_b = g_yt / (2.0 * yt)
-        g_c = g_z * lt - (g_xt / xt + g_yt / yt) * (0.5 * inv_c * inv_c)
+        g_c = 0.5 * g_uraw * (e - gg * gg) - (g_xt / xt + g_yt / yt) * (0.5 * inv_c * inv_c)
     else:
         g_a = val
         g_b = val
-        g_p = val
+        g_e = val
+        g_f = val
         g_c = val
-    return val, g_a, g_b, g_p, g_c
+    return val, g_a, g_b, g_e, g_f, g_c
 
 
 @triton.jit
 def _oxy_fwd_kernel(X, Y, CURV, OUT, N, D, CDT: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < N
-    a, b, p = _pair_scalars(X, Y, rows.to(tl.int64) * D, rmask, D, CDT, BR, BD)
+    a, b, e, f = _dist_scalars(X, Y, rows.to(tl.int64) * D, rmask, D, CDT, BD, BR)
     c = tl.load(CURV).to(CDT)
-    val, _, _, _, _ = _oxy_core(a, b, p, c, a, False)
+    val, _, _, _, _, _ = _oxy_core(a, b, e, f, c, a, False)
     tl.store(OUT + rows, val.to(OUT.dtype.element_ty), mask=rmask)
 
 
@@ -186,10 +188,10 @@ def _oxy_bwd_kernel(X, Y, CURV, G, DX, DY, CPART, N, D, CDT: tl.constexpr,
     rows = pid * BR + tl.arange(0, BR)
     rmask = rows < N
     base = rows.to(tl.int64) * D
-    a, b, p = _pair_scalars(X, Y, base, rmask, D, CDT, BR, BD)
+    a, b, e, f = _dist_scalars(X, Y, base, rmask, D, CDT, BD, BR)
     c = tl.load(CURV).to(CDT)
     g = tl.load(G + rows, mask=rmask, other=0.0).to(CDT)
-    _, g_a, g_b, g_p, g_c = _oxy_core(a, b, p, c, g, True)
+    _, g_a, g_b, g_e, g_f, g_c = _oxy_core(a, b, e, f, c, g, True)
     tl.store(CPART + pid, tl.sum(tl.where(rmask, g_c, 0.0), 0))
     for k0 in range(0, D, BD):
         ks = k0 + tl.arange(0, BD)
@@ -197,8 +199,9 @@ def _oxy_bwd_kernel(X, Y, CURV, G, DX, DY, CPART, N, D, CDT: tl.constexpr,
         ptr = base[:, None] + ks[None, :]
         x = tl.load(X + ptr, mask=m, other=0.0).to(CDT)
         y = tl.load(Y + ptr, mask=m, other=0.0).to(CDT)
-        dx = (2.0 * g_a)[:, None] * x + g_p[:, None] * y
-        dy = (2.0 * g_b)[:, None] * y + g_p[:, None] * x
+        de = (2.0 * g_e)[:, None] * (x - y)
+        dx = de + (2.0 * (g_f + g_a))[:, None] * x
+        dy = -de + (2.0 * (g_b - g_f))[:, None] * y
         tl.store(DX + ptr, dx.to(DX.dtype.element_ty), mask=m)
         tl.store(DY + ptr, dy.to(DY.dtype.element_ty), mask=m)
 
