@@ -20,6 +20,16 @@ as it provides:
   no logit scale; ``logits(...) = logit_scale * similarity(...)``.
 * ``preprocess``: callable turning a PIL image into a ``(3, H, W)`` float tensor as the model
   expects; ``image_size``: the side of that tensor.
+
+hypkern's models (MERU, MERUCLIP, OpenCLIPModel) also agree on:
+
+* images are float tensors in ``[0, 1]``; each model applies its own mean/std inside
+  ``encode_image`` (so ``preprocess`` only resizes, crops and converts);
+* ``embed_dim``, ``context_length``, ``kind`` (``"meru" | "clip" | "open_clip"``, used by
+  ``save_model``) and ``device``;
+* ``clamp_parameters_()``: the in-place clamps of the stored scalars that training applies
+  before each step (MERU: log logit scale <= ln 100, curv in [curv_init/10, curv_init*10],
+  alphas <= 0). The ``curv`` / ``logit_scale`` properties clamp functionally as well.
 """
 from __future__ import annotations
 
@@ -38,6 +48,9 @@ class VisionLanguageModel(nn.Module, abc.ABC):
     geometry: str = "euclidean"
     image_size: int = 224
     preprocess: Callable | None = None
+    kind: str = ""
+    embed_dim: int | None = None
+    context_length: int = 77
 
     @abc.abstractmethod
     def encode_image(self, images: torch.Tensor, project: bool = True) -> torch.Tensor:
@@ -65,6 +78,13 @@ class VisionLanguageModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def logit_scale(self) -> torch.Tensor:
         """The logit scale ``s`` itself (0-dim tensor)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def clamp_parameters_(self) -> None:
+        """Clamp stored scalars in place before a training step (no-op unless overridden)."""
 
     def similarity(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
         if self.geometry == "lorentz":
