@@ -340,6 +340,36 @@ def test_triton_matches_reference(kind, n, m, d, with_targets):
 @pytest.mark.triton
 @needs_triton
 @pytest.mark.parametrize("kind", ["lorentz", "cosine"])
+def test_triton_float64_several_tiles(kind):
+    # More rows and columns than one program's tile (128 in the interpreter): the online
+    # max/sum merges across tiles; float64 must agree to rounding.
+    dev = _device("triton")
+    x, y = _features(150, 131, 4, torch.float64, scale=1.5, device=dev)
+    t, w = _positives(150, 131, device=dev)
+    want = _oracle(kind, x, y, 40.0, 0.7, t, w)
+    got = _run(kind, "triton", x, y, 40.0, 0.7, t, w)
+    _assert_matches(got, want, torch.float64, f"triton float64 {kind}")
+
+
+@pytest.mark.triton
+@needs_triton
+def test_triton_gradcheck():
+    g = torch.Generator().manual_seed(5)
+    dev = _device("triton")
+    x = (torch.randn(5, 3, generator=g, dtype=torch.float64) * 0.7).to(dev).requires_grad_(True)
+    y = (torch.randn(4, 3, generator=g, dtype=torch.float64) * 0.7).to(dev).requires_grad_(True)
+    s = torch.tensor(2.5, dtype=torch.float64, device=dev, requires_grad=True)
+    c = torch.tensor(0.9, dtype=torch.float64, device=dev, requires_grad=True)
+    t = torch.tensor([1, 0, 3, 3, 2], device=dev)
+    fn = lambda x, y, s, c: HL.lorentz_contrastive_loss(x, y, s, c, t, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, y, s, c))
+    ent = lambda x, c: HL.entailment_calibration_loss(x, x.flip(0) * 2.0, c, 0.2, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(ent, (x, c))
+
+
+@pytest.mark.triton
+@needs_triton
+@pytest.mark.parametrize("kind", ["lorentz", "cosine"])
 def test_triton_hard_inputs_finite(kind):
     dev = _device("triton")
     x, y = _hard_batch(torch.float32)
