@@ -215,6 +215,21 @@ def test_open_clip_config_name_with_local_weights(tmp_path, images):
     assert torch.equal(embed(load_model(tmp_path / "saved"), images)[1], embed(src, images)[1])
 
 
+def test_open_clip_hub_style_folder(tmp_path, images):
+    import json
+    from safetensors.torch import save_file
+    from hypkern.models.openclip_adapter import TINY_OPEN_CLIP_CFG
+    src = tiny_open_clip(seed=9).eval()
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": TINY_OPEN_CLIP_CFG, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    with pytest.raises(CheckpointError, match="without weights"):
+        load_model(tmp_path)
+    save_file(src.model.state_dict(), str(tmp_path / "open_clip_model.safetensors"))
+    loaded = load_model(tmp_path)
+    assert loaded.preprocess_cfg["mean"] == (0.5, 0.5, 0.5)
+    assert torch.equal(embed(src, images)[1], embed(loaded, images)[1])
+
+
 def test_deepcopy_is_independent(images):
     import copy
     m = tiny_meru(seed=8).eval()

@@ -9,6 +9,8 @@
   ``.safetensors`` file whose metadata holds the config) written by :func:`save_model`;
 * an open_clip config name, with ``weights=`` a local weights file (``.safetensors``, ``.bin``,
   ``.pt``), or without for random init;
+* an open_clip Hugging Face-style folder (``open_clip_config.json`` + ``open_clip_model.safetensors``
+  or ``open_clip_pytorch_model.bin``), for models with open_clip's own tokenizer;
 * a factory name of :data:`MODEL_FACTORIES` (``"tiny_meru"``, ``"meru_vit_b"``, ...): random init.
 
 Every state dict is checked strictly: missing keys, unexpected keys and shape mismatches are
@@ -355,6 +357,8 @@ def _is_open_clip_name(name: str) -> bool:
 
 
 def _load_path(path: Path, config, overrides) -> VisionLanguageModel:
+    if path.is_dir() and (path / "open_clip_config.json").is_file():
+        return _load_open_clip_dir(path)
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
@@ -372,3 +376,28 @@ def _load_path(path: Path, config, overrides) -> VisionLanguageModel:
                               f"load_model(<open_clip model name>, weights={str(path)!r})")
     raise CheckpointError(f"{path}: not a MERU, MERU-CLIP or open_clip state dict "
                           f"(first keys: {_listing(list(sd)[:8])})")
+
+
+_OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _load_open_clip_dir(path: Path) -> VisionLanguageModel:
+    """An open_clip Hugging Face-style folder: ``open_clip_config.json`` (``model_cfg``,
+    ``preprocess_cfg``) and ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``."""
+    try:
+        config = json.loads((path / "open_clip_config.json").read_text())
+        model_cfg = config["model_cfg"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path / 'open_clip_config.json'}: expected JSON with a 'model_cfg' "
+                              f"({type(exc).__name__}: {exc})") from exc
+    weights = next((path / n for n in _OPEN_CLIP_WEIGHTS if (path / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: open_clip folder without weights (expected one of {', '.join(_OPEN_CLIP_WEIGHTS)})")
+    if model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"):
+        raise CheckpointError(f"{path}: models with a Hugging Face tokenizer are not supported offline; "
+                              f"wrap open_clip.create_model(...) with OpenCLIPModel(model, tokenizer=...)")
+    pre = {k: v for k, v in (config.get("preprocess_cfg") or {}).items()
+           if k in ("mean", "std", "interpolation", "resize_mode")}
+    model = _oc.OpenCLIPModel.from_config(model_cfg, preprocess_cfg=pre)
+    load_open_clip_weights(model, weights)
+    return model
