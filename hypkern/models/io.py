@@ -232,8 +232,7 @@ def _build_open_clip(cfg: dict) -> "_oc.OpenCLIPModel":
     if cfg.get("model_cfg") is not None:
         return _oc.OpenCLIPModel.from_config(cfg["model_cfg"], preprocess_cfg=cfg.get("preprocess_cfg"))
     if cfg.get("name"):
-        model = _oc.OpenCLIPModel.from_name(cfg["name"])
-        return model
+        return _oc.OpenCLIPModel.from_name(cfg["name"], preprocess_cfg=cfg.get("preprocess_cfg"))
     raise CheckpointError("open_clip config needs 'name' or 'model_cfg'")
 
 

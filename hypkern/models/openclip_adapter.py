@@ -84,14 +84,15 @@ class OpenCLIPModel(VisionLanguageModel):
 
     # -- constructors ---------------------------------------------------------------------
     @classmethod
-    def from_name(cls, name: str, weights: str | None = None, **create_kw) -> "OpenCLIPModel":
+    def from_name(cls, name: str, weights: str | None = None, preprocess_cfg: dict | None = None,
+                  **create_kw) -> "OpenCLIPModel":
         """``open_clip.create_model(name)`` with random init, then (if given) a local weights
         file loaded with strict key checking (see ``hypkern.models.load_model``)."""
         import open_clip
         if name not in open_clip.list_models():
             raise ValueError(f"{name!r} is not an open_clip model config; see open_clip.list_models()")
         model = open_clip.create_model(name, pretrained=None, **create_kw)
-        wrapped = cls(model, name=name)
+        wrapped = cls(model, name=name, preprocess_cfg=preprocess_cfg)
         if weights is not None:
             from .io import load_open_clip_weights
             load_open_clip_weights(wrapped, weights)
