@@ -160,7 +160,7 @@ def acosh_1p_d(u):
     sqrt is floored at the smallest normal number there)."""
     ok = 0.5 * u >= tiny_like(u)
     us = tl.where(ok, u, 1.0)
-    return tl.where(ok, 1.0 / tl.sqrt(us * (us + 2.0)), 0.0)
+    return tl.where(ok, 1.0 / (tl.sqrt(us) * tl.sqrt(us + 2.0)), 0.0)
 
 
 @triton.jit
