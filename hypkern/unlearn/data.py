@@ -127,7 +127,8 @@ def split_concepts(dataset, concepts: Sequence[str], source: str = "") -> Forget
 
 def _pass_data_hint(source: str) -> str:
     if source.startswith("embedded demo"):
-        return " Pass data= (API) or --data (CLI) with a dataset that contains these concepts."
+        return ("; these concepts are not in the embedded demo dataset: pass data= (API) or --data (CLI) "
+                "with a dataset that contains them")
     return ""
 
 

@@ -4,7 +4,8 @@
 * ``all``: every parameter except the scalars (logit scale, curvature, MERU's alphas).
 * ``projections``: the towers' output projections (parameters outside the transformer blocks
   whose name contains ``proj``, e.g. MERU's ``visual_proj``/``textual_proj``, open_clip's
-  ``visual.proj``/``text_projection``) and the final layer norms (``norm``, ``ln_final``, ...).
+  ``visual.proj``/``text_projection``; not the input embeddings such as ``patch_embed.proj``)
+  and the final layer norms (``norm``, ``ln_final``, ...).
 * Parameters the model already keeps frozen (``requires_grad=False``, e.g. MERU's fixed
   position embedding) stay frozen.
 * ``last_blocks``: the last ``last_k`` blocks of every block stack plus everything
@@ -12,8 +13,8 @@
 
 A model may override the heuristics by defining ``unlearn_parameter_groups() ->
 {"scalars": [names], "projections": [names], "blocks": [[names per block], ...]}``.
-Block stacks are found as ``nn.ModuleList``/``nn.Sequential`` containers of >= 2 children of one
-class that hold parameters.
+Block stacks are found as ``nn.ModuleList``/``nn.Sequential`` containers whose children are all
+of one class, composite (they have submodules) and hold parameters.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def _block_stacks(model: nn.Module) -> list[list[str]]:
             continue
         if isinstance(mod, (nn.ModuleList, nn.Sequential)):
             kids = list(mod.named_children())
-            if len(kids) >= 2 and len({type(m) for _, m in kids}) == 1 \
-                    and all(any(True for _ in m.parameters()) for _, m in kids):
+            if kids and len({type(m) for _, m in kids}) == 1 \
+                    and all(any(True for _ in m.children()) and any(True for _ in m.parameters())
+                            for _, m in kids):
                 stacks.append([f"{name}.{k}" if name else k for k, _ in kids])
                 taken.append(name)
     return stacks
@@ -68,7 +70,7 @@ def select_trainable(model: nn.Module, trainable: str = "all", last_k: int = 2,
         scalars = {n for n, p in named.items() if _is_scalar(n, p)}
         block_prefixes = _block_stacks(model)
         in_block = lambda n: any(n.startswith(b + ".") for s in block_prefixes for b in s)  # noqa: E731
-        projections = {n for n in named if not in_block(n) and n not in scalars
+        projections = {n for n in named if not in_block(n) and n not in scalars and "embed" not in n
                        and ("proj" in n.lower() or _module_of(n) in _FINAL_NORMS)}
         stacks = [[{n for n in named if n.startswith(b + ".")} for b in s] for s in block_prefixes]
     # Parameters the model itself keeps frozen (e.g. MERU's fixed sin-cos position embedding)
