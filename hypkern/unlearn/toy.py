@@ -63,21 +63,20 @@ def pretrain(model, data, steps: int = 150, lr: float = 2e-3, batch_size: int = 
     return model.eval()
 
 
-def distributed_worker(rank: int, world: int, port: int, geometry: str, config: dict, out_path: str) -> None:
-    """One rank of the distributed test: gloo on 127.0.0.1, unlearn ``dog`` on the toy problem,
-    rank 0 saves the final parameters to ``out_path`` (safetensors)."""
+def distributed_worker(rank: int, world: int, port: int, jobs: list) -> None:
+    """One rank of the distributed test: gloo on 127.0.0.1; for each ``(geometry, config,
+    out_path)`` job, unlearn ``dog`` on the toy problem and (rank 0) save the final parameters
+    to ``out_path`` (safetensors)."""
     import torch.distributed as tdist
     from safetensors.torch import save_file
 
     from .api import unlearn
     torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        model = toy_model(geometry, seed=0)
-        res = unlearn(model, ["dog"], toy_pairs(8, seed=0), **config)
-        if rank == 0:
-            save_file({k: v.detach().contiguous() for k, v in res.model.state_dict().items()
-                       if k != "textual.attn_mask"}, out_path)
+        for geometry, config, out_path in jobs:
+            res = unlearn(toy_model(geometry, seed=0), ["dog"], toy_pairs(8, seed=0), **config)
+            if rank == 0:
+                save_file({k: v.detach().contiguous() for k, v in res.model.state_dict().items()}, out_path)
     finally:
         tdist.destroy_process_group()
