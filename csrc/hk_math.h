@@ -8,9 +8,9 @@
 //
 //   x_t = sqrt(1/c + |x|^2),  <x,y>_L = x.y - x_t y_t,  sc = sqrt(c).
 //
-// Per-row scalars used below: a = |x|^2, b = |y|^2, p = x.y, and for the row-wise distance
-// e = |x-y|^2, f = (x-y).(x+y). Backward functions are reverse-mode derivations through the
-// same scalar graph as the forward, so clipping decisions (which branch gets a zero
+// Per-row scalars used below: a = |x|^2, b = |y|^2, p = x.y (pairwise), and for dist and
+// oxy_angle e = |x-y|^2, f = (x-y).(x+y). Backward functions are reverse-mode derivations
+// through the same scalar graph as the forward, so clipping decisions (which branch gets a zero
 // gradient) follow the reference exactly: torch.clamp passes the gradient where the input
 // lies inside the closed interval, _safe_sqrt(q) = sqrt(max(q, tiny)) passes it where
 // q >= tiny.
@@ -295,28 +295,35 @@ template <typename T> HK_INLINE void half_aperture_bwd(T g, T a, T c, T K, T& cx
   dc = -gd * arg / (T(2) * c);
 }
 
-// oxy_angle: acos(clip(numer/denom)), z = -c<x,y>_L = c (xt yt - p), u = max(z - 1, 0),
-// numer = yt - z xt, denom = max(|x| safe_sqrt(u (u + 2)), ANGLE_DENOM_EPS), quotient
-// clipped into [-1 + ASIN_EPS, 1 - ASIN_EPS].
-template <typename T> HK_INLINE T oxy_angle_fwd(T a, T b, T p, T c) {
+// oxy_angle: acos(clip(numer/denom)), z = -c<x,y>_L, u = z - 1, numer = yt - z xt,
+// denom = max(|x| safe_sqrt(u (u + 2)), ANGLE_DENOM_EPS), quotient clipped into
+// [-1 + ASIN_EPS, 1 - ASIN_EPS]. u is formed without cancellation from the row-wise distance
+// scalars: z - 1 = (c/2) |x - y|_L^2 = (c/2) max(e - k^2, 0), k = x_t - y_t = f/(x_t + y_t),
+// and numer = -k - u xt; mathematically the reference's max(z - 1, 0), but exact even when
+// O, x, y are (nearly) collinear, where the angle sits at the clip.
+template <typename T> HK_INLINE T oxy_angle_fwd(T a, T b, T e, T f, T c) {
   const T xt = time_comp(a, c), yt = time_comp(b, c);
-  const T z = c * (xt * yt - p);
-  const T u = hk_max(z - T(1), T(0));
-  const T numer = yt - z * xt;
+  const T k = f / (xt + yt);
+  const T u = T(0.5) * c * hk_max(e - k * k, T(0));
+  const T numer = -k - u * xt;
   const T rho = hk_sqrt(hk_max(u * (u + T(2)), Lim<T>::tiny()));
   const T denom = hk_max(safe_norm(a) * rho, T(ANGLE_DENOM_EPS));
   const T arg = hk_min(hk_max(numer / denom, T(-1) + T(ASIN_EPS)), T(1) - T(ASIN_EPS));
   return hk_acos(arg);
 }
-// dx = cxx x + cxy y, dy = cyx x + cyy y, dc: reverse mode through the forward's graph.
+// Gradient as for dist: dx = cdiff (x - y) + cx x, dy = -cdiff (x - y) + cy y, and dc;
+// reverse mode through the forward's graph.
 template <typename T>
-HK_INLINE void oxy_angle_bwd(T g, T a, T b, T p, T c, T& cxx, T& cxy, T& cyx, T& cyy, T& dc) {
+HK_INLINE void oxy_angle_bwd(T g, T a, T b, T e, T f, T c, T& cdiff, T& cx, T& cy, T& dc) {
   const T xt = time_comp(a, c), yt = time_comp(b, c);
-  const T z = c * (xt * yt - p);
-  const T u = hk_max(z - T(1), T(0));
-  const T numer = yt - z * xt;
-  const T q = u * (u + T(2));
-  const T rho = hk_sqrt(hk_max(q, Lim<T>::tiny()));
+  const T S = xt + yt;
+  const T k = f / S;
+  const T qraw = e - k * k;
+  const T qc = hk_max(qraw, T(0));
+  const T u = T(0.5) * c * qc;
+  const T numer = -k - u * xt;
+  const T q2 = u * (u + T(2));
+  const T rho = hk_sqrt(hk_max(q2, Lim<T>::tiny()));
   const T nrm = safe_norm(a);
   const T den_raw = nrm * rho;
   const T denom = hk_max(den_raw, T(ANGLE_DENOM_EPS));
@@ -329,21 +336,23 @@ HK_INLINE void oxy_angle_bwd(T g, T a, T b, T p, T c, T& cxx, T& cxy, T& cyx, T&
   const T dden = den_raw >= T(ANGLE_DENOM_EPS) ? -darg * arg / denom : T(0);
   const T dnrm = dden * rho;
   const T drho = dden * nrm;
-  const T du = q >= Lim<T>::tiny() ? drho * (u + T(1)) / rho : T(0);
-  T dz = (z - T(1) >= T(0)) ? du : T(0);
-  dz += -dnum * xt;                       // numer = yt - z xt
-  T dxt = -dnum * z, dyt = dnum;
-  dxt += dz * c * yt;                     // z = c (xt yt - p)
-  dyt += dz * c * xt;
-  const T dp = -dz * c;
-  T dcv = dz * (xt * yt - p);
-  const T ic2h = T(1) / (T(2) * c * c);   // xt = sqrt(1/c + a)
-  dcv += -(dxt / xt + dyt / yt) * ic2h;
+  T du = q2 >= Lim<T>::tiny() ? drho * (u + T(1)) / rho : T(0);
+  T dk = -dnum;                            // numer = -k - u xt
+  du += -dnum * xt;
+  T dxt = -dnum * u;
+  const T dqraw = qraw >= T(0) ? du * T(0.5) * c : T(0);  // u = (c/2) max(qraw, 0)
+  T dcv = du * T(0.5) * qc;
+  const T de = dqraw;                      // qraw = e - k^2
+  dk += -T(2) * k * dqraw;
+  const T df = dk / S;                     // k = f / S
+  const T dS = -dk * k / S;
+  dxt += dS;
+  const T dyt = dS;
+  dcv += -(dxt / xt + dyt / yt) / (T(2) * c * c);  // xt = sqrt(1/c + a)
   const T da = dxt / (T(2) * xt), db = dyt / (T(2) * yt);
-  cxx = T(2) * da + (a >= Lim<T>::tiny() ? dnrm / nrm : T(0));
-  cxy = dp;
-  cyx = dp;
-  cyy = T(2) * db;
+  cdiff = T(2) * de;
+  cx = T(2) * (df + da) + (a >= Lim<T>::tiny() ? dnrm / nrm : T(0));
+  cy = T(2) * (db - df);
   dc = dcv;
 }
 

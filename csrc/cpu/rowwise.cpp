@@ -49,7 +49,10 @@ double sum_f64(const std::vector<double>& v) {
   return s;
 }
 
-// ---------------------------------------------------------------------------- dist
+// ---------------------------------------------------------------------------- dist, oxy_angle
+// dist and oxy_angle share the row scalars a = |x|^2, b = |y|^2, e = |x-y|^2, f = (x-y).(x+y)
+// and the gradient form dx = cdiff (x-y) + cx x, dy = -cdiff (x-y) + cy y.
+template <bool OXY>
 at::Tensor dist_fwd(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& curv) {
   check_pair(x_in, y_in, true);
   check_curv(curv, x_in);
@@ -77,12 +80,13 @@ at::Tensor dist_fwd(const at::Tensor& x_in, const at::Tensor& y_in, const at::Te
         e += dv * dv;
         f += dv * (xv + yv);
       }
-      op[i] = static_cast<scalar_t>(hk::dist_fwd(a, b, e, f, c));
+      op[i] = static_cast<scalar_t>(OXY ? hk::oxy_angle_fwd(a, b, e, f, c) : hk::dist_fwd(a, b, e, f, c));
     });
   });
   return out;
 }
 
+template <bool OXY>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dist_bwd(const at::Tensor& grad, const at::Tensor& x_in,
                                                         const at::Tensor& y_in, const at::Tensor& curv) {
   check_pair(x_in, y_in, true);
@@ -117,7 +121,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dist_bwd(const at::Tensor& grad, 
         f += dv * (xv + yv);
       }
       T cdiff, cx, cy, dc;
-      hk::dist_bwd(static_cast<T>(gp[i]), a, b, e, f, c, cdiff, cx, cy, dc);
+      if (OXY) {
+        hk::oxy_angle_bwd(static_cast<T>(gp[i]), a, b, e, f, c, cdiff, cx, cy, dc);
+      } else {
+        hk::dist_bwd(static_cast<T>(gp[i]), a, b, e, f, c, cdiff, cx, cy, dc);
+      }
       dcs[i] = dc;
 #pragma omp simd
       for (int64_t k = 0; k < D; ++k) {
@@ -125,83 +133,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dist_bwd(const at::Tensor& grad, 
         const T dv = xv - yv;
         dxp[i * D + k] = static_cast<scalar_t>(cdiff * dv + cx * xv);
         dyp[i * D + k] = static_cast<scalar_t>(cy * yv - cdiff * dv);
-      }
-    });
-  });
-  return {dx, dy, at::scalar_tensor(sum_f64(dcs), curv.options())};
-}
-
-// ---------------------------------------------------------------------------- oxy_angle
-at::Tensor oxy_angle_fwd(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& curv) {
-  check_pair(x_in, y_in, true);
-  check_curv(curv, x_in);
-  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
-  const int64_t N = x.size(0), D = x.size(1);
-  at::Tensor out = at::empty({N}, x.options());
-  const double cval = curv.item<double>();
-  dispatch_all(x.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    using T = at::opmath_type<scalar_t>;
-    const T c = static_cast<T>(cval);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* yp = y.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    for_rows(N, D, [&](int64_t i) {
-      const scalar_t* xr = xp + i * D;
-      const scalar_t* yr = yp + i * D;
-      T a = 0, b = 0, p = 0;
-#pragma omp simd reduction(+ : a, b, p)
-      for (int64_t k = 0; k < D; ++k) {
-        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
-        a += xv * xv;
-        b += yv * yv;
-        p += xv * yv;
-      }
-      op[i] = static_cast<scalar_t>(hk::oxy_angle_fwd(a, b, p, c));
-    });
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> oxy_angle_bwd(const at::Tensor& grad, const at::Tensor& x_in,
-                                                             const at::Tensor& y_in, const at::Tensor& curv) {
-  check_pair(x_in, y_in, true);
-  check_curv(curv, x_in);
-  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
-  const int64_t N = x.size(0), D = x.size(1);
-  check_grad(grad, {N}, x);
-  const at::Tensor g = grad.contiguous().to(at::kDouble);
-  at::Tensor dx = at::empty_like(x), dy = at::empty_like(y);
-  std::vector<double> dcs(N);
-  const double cval = curv.item<double>();
-  dispatch_all(x.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    using T = at::opmath_type<scalar_t>;
-    const T c = static_cast<T>(cval);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* yp = y.const_data_ptr<scalar_t>();
-    const double* gp = g.const_data_ptr<double>();
-    scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
-    scalar_t* dyp = dy.mutable_data_ptr<scalar_t>();
-    for_rows(N, D, [&](int64_t i) {
-      const scalar_t* xr = xp + i * D;
-      const scalar_t* yr = yp + i * D;
-      T a = 0, b = 0, p = 0;
-#pragma omp simd reduction(+ : a, b, p)
-      for (int64_t k = 0; k < D; ++k) {
-        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
-        a += xv * xv;
-        b += yv * yv;
-        p += xv * yv;
-      }
-      T cxx, cxy, cyx, cyy, dc;
-      hk::oxy_angle_bwd(static_cast<T>(gp[i]), a, b, p, c, cxx, cxy, cyx, cyy, dc);
-      dcs[i] = dc;
-#pragma omp simd
-      for (int64_t k = 0; k < D; ++k) {
-        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
-        dxp[i * D + k] = static_cast<scalar_t>(cxx * xv + cxy * yv);
-        dyp[i * D + k] = static_cast<scalar_t>(cyx * xv + cyy * yv);
       }
     });
   });
@@ -349,10 +280,10 @@ std::tuple<at::Tensor, at::Tensor> half_aperture_bwd(const at::Tensor& grad, con
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hypkern_native, CPU, m) {
-  m.impl("dist_fwd", &dist_fwd);
-  m.impl("dist_bwd", &dist_bwd);
-  m.impl("oxy_angle_fwd", &oxy_angle_fwd);
-  m.impl("oxy_angle_bwd", &oxy_angle_bwd);
+  m.impl("dist_fwd", &dist_fwd<false>);
+  m.impl("dist_bwd", &dist_bwd<false>);
+  m.impl("oxy_angle_fwd", &dist_fwd<true>);
+  m.impl("oxy_angle_bwd", &dist_bwd<true>);
   m.impl("exp_map0_fwd", &map_fwd<false>);
   m.impl("exp_map0_bwd", &map_bwd<false>);
   m.impl("log_map0_fwd", &map_fwd<true>);
