@@ -104,11 +104,8 @@ def entailment_calibration(text: torch.Tensor, image: torch.Tensor, curv, margin
     """``mean relu(half_aperture(text) - oxy_angle(text, image) + margin)``: zero once every
     image lies at least ``margin`` radians outside its text's entailment cone."""
     fused = getattr(_losses, "entailment_calibration_loss", None)
-    if fused is not None:
-        try:
-            return fused(text, image, curv, margin=margin, min_radius=min_radius, **_kw(backend))
-        except TypeError:  # a different signature than expected: fall back to the ops
-            pass
+    if fused is not None:  # hypkern.losses' fused kernel (one pass, loss and gradient)
+        return fused(text, image, curv, margin=margin, min_radius=min_radius, **_kw(backend))
     angle = _ops.oxy_angle(text, image, curv, backend=backend).float()
     aperture = _ops.half_aperture(text, curv, min_radius, backend=backend).float()
     return F.relu(aperture - angle + margin).mean()
