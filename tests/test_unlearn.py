@@ -161,6 +161,15 @@ def test_trainable_selection():
     assert "curv" in select_trainable(toy_model("lorentz"), "all", train_scalars=True)
 
 
+def test_unlearn_leaves_requires_grad_flags_as_found(toy_data):
+    train, _ = toy_data
+    model = toy_model("lorentz")
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    unlearn(model, ["dog"], train, steps=1, trainable="projections", retain_batch_size=4, forget_batch_size=2,
+            progress=False, eval=False)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
 # ---------------------------------------------------------------------------- gradient caching
 
 @pytest.mark.parametrize("geometry", ["lorentz", "euclidean"])

@@ -211,7 +211,16 @@ class Trainer:
             self.frozen.to(self.device).eval().requires_grad_(False)
         broadcast_module(model)
         fingerprint = ckpt.model_fingerprint(self.frozen if self.frozen is not None else model)
-        names = select_trainable(model, cfg.trainable, cfg.last_k, cfg.train_scalars)
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        try:
+            names = select_trainable(model, cfg.trainable, cfg.last_k, cfg.train_scalars)
+            return self._run(model, names, fingerprint)
+        finally:  # leave the model's requires_grad flags as they were
+            for n, p in model.named_parameters():
+                p.requires_grad_(flags[n])
+
+    def _run(self, model, names, fingerprint) -> list[dict]:
+        cfg = self.cfg
         named = dict(model.named_parameters())
         params = [named[n] for n in names]
         opt = build_optimizer(cfg, params)
