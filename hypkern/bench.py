@@ -301,8 +301,10 @@ def _proc_status_kb(key: str) -> int | None:
     return None
 
 
-def _trim() -> None:
-    gc.collect()
+def _trim(collect: bool = False) -> None:
+    """Hand freed heap memory back to the OS (and, with ``collect``, run the GC first)."""
+    if collect:
+        gc.collect()
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -327,7 +329,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: str) -> float | None:
         peak = torch.cuda.max_memory_allocated() - base
         del out
         return peak / 2 ** 20
-    _trim()
+    _trim(collect=True)
     if not _reset_hwm():
         return None
     base = _proc_status_kb("VmRSS")
@@ -350,11 +352,8 @@ def _dtype(name: str) -> torch.dtype:
 def make_inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0) -> list[torch.Tensor]:
     """Standard inputs (space parts / features): rows of norm about 2, like MERU's embeddings."""
     g = torch.Generator().manual_seed(seed)
-    if case.kind == "op":
-        k = OPS[case.name][0]
-        rows = [case.n] if k == 1 else [case.n, case.m]
-    else:
-        rows = [case.n, case.m]
+    k = OPS[case.name][0] if case.kind == "op" else 2
+    rows = [case.n] if k == 1 else [case.n, case.m if case.pairwise else case.n]
     scale = 2.0 / math.sqrt(case.d)
     return [(torch.randn(r, case.d, generator=g) * scale).to(device=device, dtype=dtype) for r in rows]
 
@@ -658,10 +657,11 @@ def ceilings(device: str, quick: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------- orchestration
 
-def plan(suite: str, device: str, only: list[str] | None = None, impls: list[str] | None = None):
+def plan(suite: str, device: str, only: list[str] | None = None, impls: list[str] | None = None,
+         sizes: dict | None = None):
     """(kind, name, impl, sizes) groups for a suite: 'quick', 'full' or 'gpu'. ``quick`` leaves
-    ``torch.compile`` out unless ``impls`` names it."""
-    sizes = SIZES[suite]
+    ``torch.compile`` out unless ``impls`` names it. ``sizes`` overrides the suite's sizes."""
+    sizes = {**SIZES[suite], **(sizes or {})}
     groups = []
     for kind, catalogue in (("op", OPS), ("loss", LOSSES)):
         for name in catalogue:
@@ -739,11 +739,6 @@ def run_benchmarks(suite: str = "quick", device: str = "cpu", dtype: str = "floa
         torch.set_num_threads(threads)
     if isolate is None:  # CPU peak memory wants a clean process; a smoke run does not
         isolate = not device.startswith("cuda") and suite != "quick"
-    if sizes is not None:
-        SIZES.setdefault("custom", {}).update(sizes)
-        suite_sizes = "custom"
-    else:
-        suite_sizes = suite
     timing = TIMING.get(suite, TIMING["quick"])
     t_start = time.time()
     machine = machine_info(device)
@@ -752,7 +747,7 @@ def run_benchmarks(suite: str = "quick", device: str = "cpu", dtype: str = "floa
     ceil = ceilings(device, quick=(suite == "quick"))
     log("[bench] ceilings: " + ", ".join(f"{k}={v:.4g}" for k, v in ceil.items()))
     rows: list[dict] = []
-    groups = plan(suite_sizes, device, only, impls)
+    groups = plan(suite, device, only, impls, sizes)
     for i, (kind, name, impl, szs) in enumerate(groups):
         spec = {"kind": kind, "name": name, "impl": impl, "sizes": [list(s) for s in szs],
                 "dtype": dtype, "device": device, "timing": timing, "memory": True, "check": True,
