@@ -96,6 +96,18 @@ def pairwise_dist(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     return (_acosh_1p(u) / torch.sqrt(c)).to(out_dtype)
 
 
+def _half_sq_lorentz_gap(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor):
+    """``(x_t, x_t - y_t, q)`` with ``q = |x-y|_L^2 = |x-y|^2 - (x_t-y_t)^2 >= 0``, from differences.
+
+    ``x_t - y_t = (x-y).(x+y) / (x_t+y_t)``, so neither it nor ``q`` has the cancellation of
+    subtracting the large time components; ``-c<x,y>_L - 1 = c q / 2``."""
+    xt, yt = time_component(x, c), time_component(y, c)
+    diff = x - y
+    e = (diff * diff).sum(-1)
+    gap = (diff * (x + y)).sum(-1) / (xt + yt)
+    return xt, gap, torch.clamp(e - gap ** 2, min=0.0)
+
+
 def dist(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     """Row-wise distance d(x_i, y_i), (N, D) x (N, D) -> (N,).
 
@@ -106,11 +118,7 @@ def dist(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     out_dtype = x.dtype
     x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
     c = _curv(curv, x)
-    xt, yt = time_component(x, c), time_component(y, c)
-    diff = x - y
-    e = (diff * diff).sum(-1)
-    f = (diff * (x + y)).sum(-1)
-    q = torch.clamp(e - (f / (xt + yt)) ** 2, min=0.0)
+    _, _, q = _half_sq_lorentz_gap(x, y, c)
     sc = torch.sqrt(c)
     return (2.0 * torch.asinh(0.5 * sc * _safe_sqrt(q)) / sc).to(out_dtype)
 
@@ -186,17 +194,17 @@ def half_aperture(x: torch.Tensor, curv, min_radius: float = 0.1) -> torch.Tenso
 def oxy_angle(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     """Exterior angle at x of the triangle O-x-y, (N, D) x (N, D) -> (N,).
 
-    ``acos((y_t + c<x,y>_L x_t) / (|x| sqrt((c<x,y>_L)^2 - 1)))``. With ``z = -c<x,y>_L`` the
-    root is computed as ``sqrt(u (u + 2))``, ``u = max(z - 1, 0)``; the denominator is at least
+    ``acos((y_t + c<x,y>_L x_t) / (|x| sqrt((c<x,y>_L)^2 - 1)))``. With ``z = -c<x,y>_L``,
+    ``u = z - 1 = c |x-y|_L^2 / 2`` is computed from differences (no cancellation), the root
+    as ``sqrt(u (u + 2))``; the denominator is at least
     ``ANGLE_DENOM_EPS`` and the quotient is clipped into ``[-1 + ASIN_EPS, 1 - ASIN_EPS]``.
     """
     out_dtype = x.dtype
     x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
     c = _curv(curv, x)
-    xt, yt = time_component(x, c), time_component(y, c)
-    z = c * (xt * yt - (x * y).sum(-1))
-    u = torch.clamp(z - 1.0, min=0.0)
-    numer = yt - z * xt
+    xt, gap, q = _half_sq_lorentz_gap(x, y, c)
+    u = 0.5 * c * q  # z - 1 without the cancellation of c (x_t y_t - x.y) - 1
+    numer = -gap - u * xt  # y_t - z x_t = (y_t - x_t) - (z - 1) x_t
     denom = torch.clamp(_norm(x) * _safe_sqrt(u * (u + 2.0)), min=ANGLE_DENOM_EPS)
     arg = torch.clamp(numer / denom, min=-1.0 + ASIN_EPS, max=1.0 - ASIN_EPS)
     return torch.acos(arg).to(out_dtype)

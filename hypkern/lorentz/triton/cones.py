@@ -131,7 +131,7 @@ def _oxy_core(a, b, e, f, c, g, WITH_GRAD: tl.constexpr):
     uraw = 0.5 * c * (e - gg * gg)         # z - 1
     u_ok = uraw >= 0.0
     u = tl.where(u_ok, uraw, 0.0)
-    numer = -gg - uraw * xt                # y_t - z x_t
+    numer = -gg - u * xt                   # y_t - z x_t, with z - 1 clipped at 0 as the reference
     nx = tl.sqrt(a)
     q = u * (u + 2.0)
     q_ok = q >= M.tiny_like(q)
@@ -150,8 +150,8 @@ def _oxy_core(a, b, e, f, c, g, WITH_GRAD: tl.constexpr):
         g_nx = g_den * sq
         sq_safe = tl.where(q_ok, sq, 1.0)
         g_u = tl.where(q_ok & u_ok, g_den * nx * (u + 1.0) / sq_safe, 0.0)
-        g_uraw = g_u - g_num * xt
-        g_xt = -g_num * uraw
+        g_uraw = tl.where(u_ok, g_u - g_num * xt, 0.0)
+        g_xt = -g_num * u
         g_gg = -g_num - g_uraw * c * gg
         g_e = 0.5 * c * g_uraw
         g_f = g_gg / s
