@@ -99,7 +99,8 @@ def _extensions():
         return [], {}
 
     include = [os.path.join(ROOT, "csrc")]
-    cxx_flags = ["-O3", "-fopenmp-simd", "-Wno-unknown-pragmas"]
+    # -fno-math-errno: sqrt inlines (and vectorises) instead of calling libm for errno.
+    cxx_flags = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-Wno-unknown-pragmas"]
     exts = [ce.CppExtension(
         "hypkern._C",
         sources=["csrc/registry.cpp", "csrc/cpu/pairwise.cpp", "csrc/cpu/rowwise.cpp"],
