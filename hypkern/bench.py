@@ -423,11 +423,33 @@ def _impl_names(kind: str, name: str, device: str) -> list[str]:
 FUSED_LOSS_IMPL = {"cpu": "chunked", "cuda": "triton"}
 
 
+#: Implementations that build the B x B logits (or the N x M output) of a contrastive case.
+MATERIALISING = ("reference", "compile", "open_clip", "matmul")
+
+
+def _available_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
 def build_impl(impl: str, case: Case, inputs: list[torch.Tensor]) -> Built:
-    """Raise ``_Skip`` when ``impl`` cannot run this case here."""
+    """Raise ``_Skip`` when ``impl`` cannot run this case here (including: a materialised
+    B x B contrastive whose fwd+bwd would need more than half the free memory)."""
     from .lorentz import ops
     from .lorentz import reference as R
     device = inputs[0].device.type
+    if case.kind == "loss" and case.pairwise and impl in MATERIALISING:
+        need = 6 * case.n * case.m * 4  # ~six fp32 B x B buffers alive in a materialised fwd+bwd
+        if need > 0.5 * _available_bytes(device):
+            raise _Skip(f"materialises B x B: ~{need / 2 ** 30:.0f} GiB > half the free memory")
     extra = (MIN_RADIUS,) if case.name == "half_aperture" else ()
     args = [t.detach().clone().requires_grad_(True) for t in inputs]
 
@@ -497,12 +519,13 @@ def build_impl(impl: str, case: Case, inputs: list[torch.Tensor]) -> Built:
             raise _Skip(f"inf_cl not importable: {type(exc).__name__}: {exc}")
         import torch.nn.functional as F
 
+        scale = torch.tensor(LOGIT_SCALE, device=inputs[0].device, dtype=torch.float32)
+
         def inf_cl(a, b):
-            # Inf-CL computes one direction (image -> text) with labels arange(B); the
-            # symmetric CLIP loss is the mean of both directions.
+            # cal_inf_loss(q, k, labels=None, scale=tensor) is one direction (q's rows against
+            # all k, labels arange(B)); CLIP's symmetric loss is the mean of both directions.
             a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-            return 0.5 * (cal_inf_loss(a, b, scale=LOGIT_SCALE).mean()
-                          + cal_inf_loss(b, a, scale=LOGIT_SCALE).mean())
+            return 0.5 * (cal_inf_loss(a, b, scale=scale) + cal_inf_loss(b, a, scale=scale))
         return Built(inf_cl, args)
     raise _Skip(f"no implementation {impl!r} for loss {case.name}")
 
@@ -722,7 +745,7 @@ def _worker_main(spec_path: str, out_path: str) -> int:
 TIMING = {
     "quick": dict(warmup=1, min_reps=3, max_reps=10, min_time=0.02, warmup_time=0.0),
     "full": dict(warmup=1, min_reps=3, max_reps=30, min_time=0.3, warmup_time=0.1),
-    "gpu": dict(warmup=3, min_reps=10, max_reps=100, min_time=0.2, warmup_time=0.2),
+    "gpu": dict(warmup=2, min_reps=5, max_reps=50, min_time=0.1, warmup_time=0.05),
 }
 
 
