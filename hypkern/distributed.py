@@ -129,6 +129,8 @@ def distributed_contrastive(kind: str, image, text, s, c, targets, weights, *, b
     else:
         w = weights.detach().to(per_pair.dtype)
     total_w = _all_reduce_sum(w.sum(), group)
+    if not float(total_w) > 0:
+        raise ValueError("weights must not all be zero (summed over every rank)")
     share = (w * per_pair).sum() / total_w
     full = _all_reduce_sum(share.detach(), group)
     scale = float(world) if grad_world_scale else 1.0

@@ -102,8 +102,9 @@ def _check_targets(targets, n: int, m: int, device: torch.device, what: str = "t
     return t
 
 
-def _check_weights(weights, n: int, device: torch.device):
-    """None, or an (N,) finite non-negative float tensor with a positive sum."""
+def _check_weights(weights, n: int, device: torch.device, need_positive_sum: bool = True):
+    """None, or an (N,) finite non-negative float tensor with a positive sum (the sum is
+    checked over all ranks instead when distributed)."""
     if weights is None:
         return None
     if not isinstance(weights, torch.Tensor):
@@ -120,7 +121,7 @@ def _check_weights(weights, n: int, device: torch.device):
             raise ValueError("weights must be finite")
         if bool((w < 0).any()):
             raise ValueError(f"weights must be >= 0, got a minimum of {float(w.min())}")
-        if n and not float(w.sum()) > 0:
+        if need_positive_sum and n and not float(w.sum()) > 0:
             raise ValueError("weights must not all be zero")
     return weights
 
@@ -133,7 +134,7 @@ def _check_common(image, text, targets, weights, distributed: bool = False):
     if n == 0 or m == 0:
         raise ValueError(f"the contrastive loss needs at least one image and one text, got {n} and {m}")
     t = None if distributed else _check_targets(targets, n, m, image.device)
-    return t, _check_weights(weights, n, image.device)
+    return t, _check_weights(weights, n, image.device, need_positive_sum=not distributed)
 
 
 def _weighted_mean(per_pair: torch.Tensor, weights) -> torch.Tensor:

@@ -53,7 +53,10 @@ def _worker(rank: int, port: int, out_dir: str):
         for kind in ("lorentz", "cosine"):
             for case in ("diag", "targets"):
                 for scale in (True, False):
-                    _check(rank, kind, case, scale)
+                    _check(rank, kind, case, scale, "chunked")
+        if os.environ.get("TRITON_INTERPRET") == "1":  # the Triton kernels behind the same hooks
+            _check(rank, "lorentz", "targets", True, "triton")
+            _check(rank, "cosine", "diag", False, "triton")
         dist.destroy_process_group()
         open(os.path.join(out_dir, f"ok{rank}"), "w").close()
     except Exception:  # report to the parent, which fails the test
@@ -61,7 +64,7 @@ def _worker(rank: int, port: int, out_dir: str):
             f.write(traceback.format_exc())
 
 
-def _check(rank, kind, case, grad_world_scale):
+def _check(rank, kind, case, grad_world_scale, backend):
     image, text, targets, weights, rows, cols = _batch(kind, case)
     # Single process: the whole batch.
     x = image.clone().requires_grad_(True)
@@ -79,10 +82,10 @@ def _check(rank, kind, case, grad_world_scale):
     cl = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
     tl = None if targets is None else targets[r0:r1]
     wl = None if weights is None else weights[r0:r1]
-    loss = _loss(kind, xl, yl, sl, cl, tl, wl, backend="chunked", distributed=True, blocks=(3, 4),
+    loss = _loss(kind, xl, yl, sl, cl, tl, wl, backend=backend, distributed=True, blocks=(3, 4),
                  grad_world_scale=grad_world_scale)
     loss.backward()
-    what = f"{kind}/{case}/scale={grad_world_scale}"
+    what = f"{backend}/{kind}/{case}/scale={grad_world_scale}"
     torch.testing.assert_close(loss.detach(), full.detach(), atol=1e-12, rtol=1e-12, msg=lambda m: f"{what} loss: {m}")
     k = WORLD if grad_world_scale else 1
     torch.testing.assert_close(xl.grad / k, ref_grads[0][r0:r1], atol=1e-12, rtol=1e-10,

@@ -16,10 +16,10 @@ sum, so logits unbounded below are fine); backward recomputes each block and app
 
 Two logit kinds:
 
-* ``"lorentz"``: ``S_ij = xt_i yt_j - x_i . y_j`` (one GEMM on ``[x, xt]`` and ``[-y, yt]``),
-  ``u = max(c S - 1, 0)``, ``l = -beta asinh(sqrt(u / 2))`` with ``beta = 2 s / sqrt(c)``,
-  i.e. ``l = -s acosh(1 + u) / sqrt(c) = -s d_L``. ``dl/du = -beta / (2 sqrt(u (u + 2)))``,
-  set to 0 where ``u / 2`` underflows (coinciding points), as the reference does.
+* ``"lorentz"``: ``S_ij = xt_i yt_j - x_i . y_j`` (a GEMM added onto the outer product),
+  ``u = max(c S - 1, 0)``, ``l = -(beta / 2) acosh(1 + u)`` with ``beta = 2 s / sqrt(c)``,
+  i.e. ``l = -s d_L``. ``dl/du = -beta / (2 sqrt(u (u + 2)))``, set to 0 where ``u = 0``
+  (coinciding points), as the reference does.
 * ``"cosine"``: ``l = beta x_i . y_j`` on already normalised features, ``beta = s``.
 
 Inputs ``xt``, ``yt``, ``c`` and ``beta`` are separate tensors so that their dependence on the
@@ -32,32 +32,40 @@ import torch
 __all__ = ["TiledContrastive", "tiled_contrastive", "entailment_terms", "EntailmentRows",
            "DEFAULT_BLOCK_ROWS", "DEFAULT_BLOCK_COLS"]
 
-DEFAULT_BLOCK_ROWS = 1024
-DEFAULT_BLOCK_COLS = 2048
+DEFAULT_BLOCK_ROWS = 512
+DEFAULT_BLOCK_COLS = 1024
 
 
-def _augment(kind, x, y, xt, yt):
-    """Operands of the one GEMM per block: ``a @ b.T = S``."""
-    if kind == "lorentz":
-        a = torch.cat([x, xt[:, None].to(x.dtype)], dim=1)
-        b = torch.cat([-y, yt[:, None].to(y.dtype)], dim=1)
-        return a, b
-    return x, y
+def _block(kind, x, y, xt, yt, c: float, beta: float, need_den: bool = False):
+    """(logits, u, 1 / sqrt(u (u + 2))) of one block (the last two for Lorentz only).
+
+    Lorentz: ``u = c (xt yt^T - 1/c) - c x y^T = c (xt yt - x.y) - 1`` as one in-place addmm
+    on the outer product, clipped at 0 (rounding can push it below). ``acosh(1 + u)`` is taken
+    as ``log(1 + u + sqrt(u (u + 2)))``: torch's ``asinh`` and ``log1p`` are not vectorised on
+    CPU (20-50x slower than ``log``), and the loss only needs the logits to absolute precision
+    (error ~ beta * eps), which this form has.
+    """
+    if kind != "lorentz":
+        return torch.mm(x, y.T).mul_(beta), None, None
+    u = torch.outer(xt, yt).sub_(1.0 / c).addmm_(x, y.T, beta=c, alpha=-c).clamp_(min=0.0)
+    den = u.add(2.0).mul_(u).sqrt_()                       # sqrt(u (u + 2)) = sqrt(z^2 - 1)
+    logits = torch.add(den, u).add_(1.0).log_().mul_(-0.5 * beta)
+    if not need_den:
+        return logits, u, None
+    # dl/du = -beta / (2 den); 0 where u = 0 (coinciding points), as in the reference.
+    inv_den = den.reciprocal_().nan_to_num_(nan=0.0, posinf=0.0)
+    return logits, u, inv_den
 
 
-def _block(kind, a, b, c: float, beta: float):
-    """Logits of one block and, for Lorentz, ``u`` (needed by the backward)."""
-    if kind == "lorentz":
-        # u = c S - 1 in one addmm, clipped at 0 (rounding can push it below).
-        minus_one = torch.full((), -1.0, dtype=a.dtype, device=a.device)
-        u = torch.addmm(minus_one, a, b.T, alpha=c).clamp_(min=0.0)
-        logits = torch.mul(u, 0.5).sqrt_().asinh_().mul_(-beta)
-        return logits, u
-    return torch.mm(a, b.T).mul_(beta), None
-
-
-def _merge_lse(running: torch.Tensor, block_lse: torch.Tensor) -> torch.Tensor:
-    return torch.logaddexp(running, block_lse)
+def _lse_rows_cols(logits, scratch):
+    """(row lse, column lse) of a block, each with its own online shift (two exps)."""
+    m_r = logits.amax(dim=1)
+    m_c = logits.amax(dim=0)
+    e = torch.sub(logits, m_r[:, None], out=scratch).exp_()
+    s_r = e.sum(dim=1)
+    e = torch.sub(logits, m_c[None, :], out=scratch).exp_()
+    s_c = e.sum(dim=0)
+    return m_r + s_r.log(), m_c + s_c.log()
 
 
 class TiledContrastive(torch.autograd.Function):
@@ -78,22 +86,25 @@ class TiledContrastive(torch.autograd.Function):
         br, bc = blocks
         c_f = float(c) if c is not None else 1.0
         beta_f = float(beta)
-        a, b = _augment(kind, x, y, xt, yt)
-        dt, dev = a.dtype, a.device
+        lorentz = kind == "lorentz"
+        dt, dev = x.dtype, x.device
         neg_inf = float("-inf")
         row_lse = torch.full((n,), neg_inf, dtype=dt, device=dev)
         col_lse = torch.full((m,), neg_inf, dtype=dt, device=dev)
         pos = torch.zeros(n, dtype=dt, device=dev)
+        scratch = torch.empty(min(br, n) * min(bc, m), dtype=dt, device=dev)
         for r0 in range(0, n, br):
             r1 = min(r0 + br, n)
-            ar, tr = a[r0:r1], targets[r0:r1]
+            xr, tr = x[r0:r1], targets[r0:r1]
+            xtr = xt[r0:r1] if lorentz else None
             rl = torch.full((r1 - r0,), neg_inf, dtype=dt, device=dev)
             pr = pos[r0:r1]
             for c0 in range(0, m, bc):
                 c1 = min(c0 + bc, m)
-                logits, _ = _block(kind, ar, b[c0:c1], c_f, beta_f)
-                rl = torch.logaddexp(rl, torch.logsumexp(logits, dim=1))
-                col_lse[c0:c1] = torch.logaddexp(col_lse[c0:c1], torch.logsumexp(logits, dim=0))
+                logits, _, _ = _block(kind, xr, y[c0:c1], xtr, yt[c0:c1] if lorentz else None, c_f, beta_f)
+                lse_r, lse_c = _lse_rows_cols(logits, scratch[: logits.numel()].view_as(logits))
+                rl = torch.logaddexp(rl, lse_r)
+                col_lse[c0:c1] = torch.logaddexp(col_lse[c0:c1], lse_c)
                 hit = (tr >= c0) & (tr < c1)
                 at = logits.gather(1, (tr - c0).clamp(0, c1 - c0 - 1)[:, None])[:, 0]
                 pr.copy_(torch.where(hit, at, pr))
@@ -103,59 +114,69 @@ class TiledContrastive(torch.autograd.Function):
         per_pair = 0.5 * ((row_lse - pos) + (col_lse[targets] - pos))
         ctx.kind, ctx.blocks, ctx.c_f, ctx.beta_f = kind, blocks, c_f, beta_f
         ctx.reduce_colw, ctx.d = reduce_colw, x.shape[1]
-        ctx.save_for_backward(a, b, targets, row_lse, col_lse)
+        if lorentz:
+            ctx.save_for_backward(x, y, targets, row_lse, col_lse, xt, yt)
+        else:
+            ctx.save_for_backward(x, y, targets, row_lse, col_lse)
         return per_pair
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, targets, row_lse, col_lse = ctx.saved_tensors
         kind, (br, bc), c_f, beta_f = ctx.kind, ctx.blocks, ctx.c_f, ctx.beta_f
-        n, m = a.shape[0], b.shape[0]
-        dt = a.dtype
+        lorentz = kind == "lorentz"
+        if lorentz:
+            x, y, targets, row_lse, col_lse, xt, yt = ctx.saved_tensors
+            dxt, dyt = torch.zeros_like(xt), torch.zeros_like(yt)
+        else:
+            x, y, targets, row_lse, col_lse = ctx.saved_tensors
+        n, m = x.shape[0], y.shape[0]
+        dt = x.dtype
         grad = grad.to(dt)
-        colw = torch.zeros(m, dtype=dt, device=a.device).scatter_add_(0, targets, grad)
+        colw = torch.zeros(m, dtype=dt, device=x.device).scatter_add_(0, targets, grad)
         if ctx.reduce_colw is not None:
             colw = ctx.reduce_colw(colw)
         half_w, half_cw = 0.5 * grad, 0.5 * colw
-        da, db = torch.zeros_like(a), torch.zeros_like(b)
-        d_beta = torch.zeros((), dtype=dt, device=a.device)  # sum G * l   (dl/dbeta = l / beta)
-        d_c = torch.zeros((), dtype=dt, device=a.device)     # sum K * S   (du/dc = S)
-        tiny2 = 2.0 * torch.finfo(dt).tiny
+        dx, dy = torch.zeros_like(x), torch.zeros_like(y)
+        d_beta = torch.zeros((), dtype=dt, device=x.device)  # sum G * l   (dl/dbeta = l / beta)
+        d_c = torch.zeros((), dtype=dt, device=x.device)     # sum psi * dU/dc
+        scratch = torch.empty(min(br, n) * min(bc, m), dtype=dt, device=x.device)
         for r0 in range(0, n, br):
             r1 = min(r0 + br, n)
-            ar, tr = a[r0:r1], targets[r0:r1]
+            xr, tr = x[r0:r1], targets[r0:r1]
+            xtr = xt[r0:r1] if lorentz else None
             neg_pos = (-grad[r0:r1])[:, None]
             for c0 in range(0, m, bc):
                 c1 = min(c0 + bc, m)
-                bb = b[c0:c1]
-                logits, u = _block(kind, ar, bb, c_f, beta_f)
+                yc = y[c0:c1]
+                ytc = yt[c0:c1] if lorentz else None
+                logits, u, inv_den = _block(kind, xr, yc, xtr, ytc, c_f, beta_f, need_den=True)
                 # G = dL/dl on this block.
-                g = torch.exp(logits - row_lse[r0:r1, None]).mul_(half_w[r0:r1, None])
-                g.add_(torch.exp(logits - col_lse[None, c0:c1]).mul_(half_cw[None, c0:c1]))
+                g = torch.sub(logits, row_lse[r0:r1, None]).exp_().mul_(half_w[r0:r1, None])
+                t = torch.sub(logits, col_lse[None, c0:c1], out=scratch[: g.numel()].view_as(g))
+                g.add_(t.exp_().mul_(half_cw[None, c0:c1]))
                 hit = ((tr >= c0) & (tr < c1))[:, None]
                 g.scatter_add_(1, (tr - c0).clamp(0, c1 - c0 - 1)[:, None],
                                torch.where(hit, neg_pos, torch.zeros_like(neg_pos)))
-                d_beta += torch.sum(g * logits)
-                if kind == "lorentz":
-                    # dL/du = G dl/du, dl/du = -beta / (2 sqrt(u (u + 2))), 0 where u underflows;
-                    # u = c S - 1: dL/dc += dL/du * S with S = (u + 1) / c, and K = dL/dS = c dL/du.
-                    den = torch.mul(u, u + 2.0).sqrt_()
-                    k = g.div_(den).mul_(-0.5 * beta_f)
-                    k.masked_fill_(u <= tiny2, 0.0)
-                    d_c += torch.sum(k * (u + 1.0)) / c_f
-                    k.mul_(c_f)
-                else:
-                    k = g.mul_(beta_f)
-                da[r0:r1].addmm_(k, bb)
-                db[c0:c1].addmm_(k.T, ar)
+                d_beta += torch.dot(g.view(-1), logits.view(-1))
+                if lorentz:
+                    # psi = dL/du = G dl/du with u = c (xt yt - x.y) - 1:
+                    # dL/dc += psi (u + 1) / c, dL/dx = -c psi y, dL/dxt = c psi yt (and for y).
+                    psi = g.mul_(inv_den).mul_(-0.5 * beta_f)
+                    d_c += (torch.dot(psi.view(-1), u.view(-1)) + psi.sum()) / c_f
+                    dx[r0:r1].addmm_(psi, yc, alpha=-c_f)
+                    dy[c0:c1].addmm_(psi.T, xr, alpha=-c_f)
+                    dxt[r0:r1].addmv_(psi, ytc, alpha=c_f)
+                    dyt[c0:c1].addmv_(psi.T, xtr, alpha=c_f)
+                else:                                           # dL/dS = beta G
+                    dx[r0:r1].addmm_(g, yc, alpha=beta_f)
+                    dy[c0:c1].addmm_(g.T, xr, alpha=beta_f)
         gbeta = (d_beta / beta_f).reshape(())
-        d = ctx.d
-        if kind == "lorentz":
-            return (None, da[:, :d], -db[:, :d], da[:, d], db[:, d], d_c.reshape(()), gbeta,
-                    None, None, None, None)
-        return (None, da, db, None, None, None, gbeta, None, None, None, None)
+        if lorentz:
+            return (None, dx, dy, dxt, dyt, d_c.reshape(()), gbeta, None, None, None, None)
+        return (None, dx, dy, None, None, None, gbeta, None, None, None, None)
 
 
+@torch.compiler.disable  # a Python loop over tiles with host syncs: run eagerly, graph-break
 def tiled_contrastive(kind, x, y, xt, yt, c, beta, targets, blocks=None, reduce_cols=None,
                       reduce_colw=None):
     """Per-pair losses via :class:`TiledContrastive` (``blocks`` = (rows, cols) per tile)."""
@@ -178,20 +199,24 @@ def entailment_terms(x, y, c, min_radius: float, sign: float, margin: float, nee
     from .constants import ANGLE_DENOM_EPS, ASIN_EPS
 
     lo, hi = -1.0 + ASIN_EPS, 1.0 - ASIN_EPS
+    diff = x - y
     n2, m2 = (x * x).sum(-1), (y * y).sum(-1)
-    dot = (x * y).sum(-1)
+    e = (diff * diff).sum(-1)                 # |x - y|^2
+    f = (diff * (x + y)).sum(-1)              # |x|^2 - |y|^2, from differences
     n = torch.sqrt(n2)
     xt, yt = torch.sqrt(1.0 / c + n2), torch.sqrt(1.0 / c + m2)
-    p = xt * yt - dot                     # -<x, y>_L
-    z = c * p
-    u = torch.clamp(z - 1.0, min=0.0)
-    root = torch.sqrt(u * (u + 2.0))      # sqrt(z^2 - 1)
-    numer = yt - z * xt
+    s_t = xt + yt
+    gap = f / s_t                             # x_t - y_t without cancellation
+    q_raw = e - gap * gap                     # |x - y|_L^2
+    q = torch.clamp(q_raw, min=0.0)
+    u = 0.5 * c * q                           # z - 1
+    root = torch.sqrt(u * (u + 2.0))          # sqrt(z^2 - 1)
+    numer = -gap - u * xt                     # y_t - z x_t
     den_raw = n * root
     den = torch.clamp(den_raw, min=ANGLE_DENOM_EPS)
-    q_raw = numer / den
-    q = torch.clamp(q_raw, lo, hi)
-    angle = torch.acos(q)
+    ratio = numer / den
+    arg_q = torch.clamp(ratio, lo, hi)
+    angle = torch.acos(arg_q)
     sc = torch.sqrt(c)
     n_min = 2.0 * min_radius / (sc * hi)
     nn_ = torch.maximum(n, n_min)
@@ -204,32 +229,34 @@ def entailment_terms(x, y, c, min_radius: float, sign: float, margin: float, nee
         return loss, None, None, None
     act = (val > 0).to(x.dtype)
     zero = torch.zeros_like(n)
-    # angle = acos(q): clamp passes the gradient inside [lo, hi].
-    q_in = (q_raw >= lo) & (q_raw <= hi)
-    g_q = torch.where(q_in, -sign * act / torch.sqrt(1.0 - q * q), zero)
-    g_num = g_q / den
-    g_den = torch.where(den_raw >= ANGLE_DENOM_EPS, -g_q * q_raw / den, zero)
-    g_yt = g_num
-    g_xt = -g_num * z
-    g_z = -g_num * xt
+    # angle = acos(arg_q): the clamp passes the gradient inside [lo, hi].
+    g_r = torch.where((ratio >= lo) & (ratio <= hi), -sign * act / torch.sqrt(1.0 - arg_q * arg_q), zero)
+    g_num = g_r / den
+    g_den = torch.where(den_raw >= ANGLE_DENOM_EPS, -g_r * ratio / den, zero)
+    g_gap = -g_num
+    g_u = -g_num * xt
+    g_xt = -g_num * u
     g_n = g_den * root
-    g_root = g_den * n
-    g_z = g_z + torch.where((root > 0) & (z - 1.0 >= 0), g_root * (u + 1.0) / torch.where(root > 0, root, 1.0), zero)
-    # z = c p, p = xt yt - x.y
-    g_c = g_z * p
-    g_xt = g_xt + g_z * c * yt
-    g_yt = g_yt + g_z * c * xt
-    g_dot = -g_z * c
+    g_u = g_u + torch.where(root > 0, g_den * n * (u + 1.0) / torch.where(root > 0, root, 1.0), zero)
+    g_c = g_u * 0.5 * q
+    g_q = torch.where(q_raw >= 0, g_u * 0.5 * c, zero)
+    g_e = g_q
+    g_gap = g_gap - 2.0 * gap * g_q
+    g_f = g_gap / s_t
+    g_xt = g_xt - g_gap * gap / s_t
+    g_yt = -g_gap * gap / s_t
     # aperture = asin(2K / (sqrt(c) |x|)) where |x| > n_min (else clipped: gradient 0).
     ha_live = (n > n_min) & (arg_raw <= hi)
     g_arg = torch.where(ha_live, -sign * act / torch.sqrt(1.0 - arg * arg), zero)
     g_n = g_n - g_arg * arg / torch.where(ha_live, nn_, 1.0)
     g_c = g_c - g_arg * arg / (2.0 * c)
-    # xt = sqrt(1/c + |x|^2), yt likewise.
+    # xt = sqrt(1/c + |x|^2), yt likewise; f = |x|^2 - |y|^2.
     g_c = g_c - g_xt / (2.0 * c * c * xt) - g_yt / (2.0 * c * c * yt)
-    coef_x = g_xt / xt + torch.where(n > 0, g_n / torch.where(n > 0, n, 1.0), zero)
-    gx = coef_x[:, None] * x + g_dot[:, None] * y
-    gy = (g_yt / yt)[:, None] * y + g_dot[:, None] * x
+    g_n2 = g_xt / (2.0 * xt) + g_f
+    g_m2 = g_yt / (2.0 * yt) - g_f
+    coef_x = 2.0 * g_n2 + torch.where(n > 0, g_n / torch.where(n > 0, n, 1.0), zero)
+    gx = coef_x[:, None] * x + (2.0 * g_e)[:, None] * diff
+    gy = (2.0 * g_m2)[:, None] * y - (2.0 * g_e)[:, None] * diff
     return loss, gx, gy, g_c
 
 

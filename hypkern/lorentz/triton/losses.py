@@ -185,9 +185,11 @@ def _config(x: torch.Tensor, n_p: int, n_q: int) -> dict:
         return dict(BP=pow2(n_p, 16, 128), BQ=pow2(n_q, 16, 128), BK=pow2(d, 16, 256), BD=pow2(d, 16, 512))
     if x.dtype == torch.float64:
         return dict(BP=32, BQ=32, BK=16, BD=pow2(d, 16, 64), num_warps=4)
+    # BD: the backward recomputes the S tile once per D-block, so keep D in few blocks
+    # (untuned: no GPU was available when this was written).
     if x.dtype in (torch.float16, torch.bfloat16):
-        return dict(BP=64, BQ=64, BK=64, BD=pow2(d, 16, 128), num_warps=8)
-    return dict(BP=64, BQ=32, BK=32, BD=pow2(d, 16, 128), num_warps=4)
+        return dict(BP=64, BQ=64, BK=64, BD=pow2(d, 16, 256), num_warps=8)
+    return dict(BP=64, BQ=32, BK=32, BD=pow2(d, 16, 256), num_warps=8)
 
 
 def _lse(kind, p, q, pt, qt, params, tgt):
@@ -261,6 +263,7 @@ class _TritonContrastive(torch.autograd.Function):
         return None, dx, dy, None, None, None, g_beta, None, None, None
 
 
+@torch.compiler.disable
 def triton_contrastive(kind, x, y, xt, yt, c, beta, targets, blocks=None, reduce_cols=None, reduce_colw=None):
     """Per-pair contrastive losses with the Triton kernels (``blocks`` is ignored: the kernels
     choose their tiles)."""
@@ -281,30 +284,35 @@ def _entail_kernel(X, Y, CURV, LOSS, GX, GY, GC, N, D,
     base = rows.to(tl.int64) * D
     n2 = tl.zeros([BR], CDT)
     m2 = tl.zeros([BR], CDT)
-    dot = tl.zeros([BR], CDT)
+    e = tl.zeros([BR], CDT)
+    f = tl.zeros([BR], CDT)
     for k0 in range(0, D, BD):
         ks = k0 + tl.arange(0, BD)
         msk = rmask[:, None] & (ks[None, :] < D)
         x = tl.load(X + base[:, None] + ks[None, :], mask=msk, other=0.0).to(CDT)
         y = tl.load(Y + base[:, None] + ks[None, :], mask=msk, other=0.0).to(CDT)
+        dxy = x - y
         n2 += tl.sum(x * x, 1)
         m2 += tl.sum(y * y, 1)
-        dot += tl.sum(x * y, 1)
+        e += tl.sum(dxy * dxy, 1)
+        f += tl.sum(dxy * (x + y), 1)
     c = tl.load(CURV).to(CDT)
     inv_c = 1.0 / c
     nrm = tl.sqrt(n2)
     xt = tl.sqrt(inv_c + n2)
     yt = tl.sqrt(inv_c + m2)
-    p = xt * yt - dot
-    z = c * p
-    u = tl.maximum(z - 1.0, 0.0)
+    s_t = xt + yt
+    gap = f / s_t                                 # x_t - y_t
+    q_raw = e - gap * gap                         # |x - y|_L^2
+    q = tl.maximum(q_raw, 0.0)
+    u = 0.5 * c * q                               # z - 1
     root = tl.sqrt(u * (u + 2.0))
-    numer = yt - z * xt
+    numer = -gap - u * xt
     den_raw = nrm * root
     den = M.max_c(den_raw, M.ANGLE_DENOM_EPS)
-    q_raw = numer / den
-    q = M.min_c(M.max_c(q_raw, M.ASIN_LO), M.ASIN_HI)
-    angle = M.acos(q)
+    ratio = numer / den
+    arg_q = M.min_c(M.max_c(ratio, M.ASIN_LO), M.ASIN_HI)
+    angle = M.acos(arg_q)
     sc = tl.sqrt(c)
     n_min = TWO_K_HI / sc
     nn = tl.where(nrm > n_min, nrm, n_min)
@@ -315,35 +323,42 @@ def _entail_kernel(X, Y, CURV, LOSS, GX, GY, GC, N, D,
     tl.store(LOSS + rows, tl.maximum(val, 0.0), mask=rmask)
     if NEED_GRAD:
         act = tl.where(val > 0.0, 1.0, 0.0)
-        q_in = (q_raw >= M.ASIN_LO) & (q_raw <= M.ASIN_HI)
-        g_q = tl.where(q_in, -SIGN * act * M.asin_d(q), 0.0)
-        g_num = g_q / den
-        g_den = tl.where(den_raw >= M.ANGLE_DENOM_EPS, -g_q * q_raw / den, 0.0)
-        g_yt = g_num
-        g_xt = -g_num * z
-        g_z = -g_num * xt
+        r_in = (ratio >= M.ASIN_LO) & (ratio <= M.ASIN_HI)
+        g_r = tl.where(r_in, -SIGN * act * M.asin_d(arg_q), 0.0)
+        g_num = g_r / den
+        g_den = tl.where(den_raw >= M.ANGLE_DENOM_EPS, -g_r * ratio / den, 0.0)
+        g_gap = -g_num
+        g_u = -g_num * xt
+        g_xt = -g_num * u
         g_n = g_den * root
-        root_ok = (root > 0.0) & (z - 1.0 >= 0.0)
-        g_z += tl.where(root_ok, g_den * nrm * (u + 1.0) / tl.where(root_ok, root, 1.0), 0.0)
-        g_c = g_z * p
-        g_xt += g_z * c * yt
-        g_yt += g_z * c * xt
-        g_dot = -g_z * c
+        root_ok = root > 0.0
+        g_u += tl.where(root_ok, g_den * nrm * (u + 1.0) / tl.where(root_ok, root, 1.0), 0.0)
+        g_c = g_u * 0.5 * q
+        g_q = tl.where(q_raw >= 0.0, g_u * 0.5 * c, 0.0)
+        g_e = g_q
+        g_gap -= 2.0 * gap * g_q
+        g_f = g_gap / s_t
+        g_xt -= g_gap * gap / s_t
+        g_yt = -g_gap * gap / s_t
         ha_live = (nrm > n_min) & (arg_raw <= M.ASIN_HI)
         g_arg = tl.where(ha_live, -SIGN * act * M.asin_d(arg), 0.0)
         g_n -= g_arg * arg / tl.where(ha_live, nn, 1.0)
         g_c -= g_arg * arg * (0.5 * inv_c)
         g_c -= (g_xt / xt + g_yt / yt) * (0.5 * inv_c * inv_c)
-        coef_x = g_xt / xt + tl.where(nrm > 0.0, g_n / tl.where(nrm > 0.0, nrm, 1.0), 0.0)
-        coef_y = g_yt / yt
+        g_n2 = g_xt / (2.0 * xt) + g_f
+        g_m2 = g_yt / (2.0 * yt) - g_f
+        coef_x = 2.0 * g_n2 + tl.where(nrm > 0.0, g_n / tl.where(nrm > 0.0, nrm, 1.0), 0.0)
+        coef_y = 2.0 * g_m2
+        coef_d = 2.0 * g_e
         tl.store(GC + rows, g_c, mask=rmask)
         for k0 in range(0, D, BD):
             ks = k0 + tl.arange(0, BD)
             msk = rmask[:, None] & (ks[None, :] < D)
             x = tl.load(X + base[:, None] + ks[None, :], mask=msk, other=0.0).to(CDT)
             y = tl.load(Y + base[:, None] + ks[None, :], mask=msk, other=0.0).to(CDT)
-            gx = coef_x[:, None] * x + g_dot[:, None] * y
-            gy = coef_y[:, None] * y + g_dot[:, None] * x
+            dxy = x - y
+            gx = coef_x[:, None] * x + coef_d[:, None] * dxy
+            gy = coef_y[:, None] * y - coef_d[:, None] * dxy
             tl.store(GX + base[:, None] + ks[None, :], gx, mask=msk)
             tl.store(GY + base[:, None] + ks[None, :], gy, mask=msk)
 
