@@ -11,7 +11,7 @@ How it is built
 * **Hierarchy** (most general first), each level a caption a model can be asked about::
 
       "a shape"                                      root
-      "a round shape" / "an angular shape"            family (circle, ring / square, triangle)
+      "a round shape" / "an angular shape"            family (circle, ring / cross, triangle)
       "a circle"                                      shape
       "a red circle"                                  class (the leaf concept)
       "a small red circle"                            instance caption (size: small / large)
@@ -20,10 +20,11 @@ How it is built
   returns the whole chain, and ``DemoShapes.parents`` maps each text to its parent.
 * **Images**: 3 x 32 x 32 floats in [0, 1]. A dark background with a random tint and pixel
   noise; one shape, its colour jittered around the class colour, drawn at a random position,
-  radius 4-6 px ("small") or 8-11 px ("large"), with a random rotation for squares and
-  triangles. Shapes are rasterised from coordinate grids (no PIL), in one batched pass.
-* **Splits**: ``"train"``, ``"test"`` and ``"val"`` use different seeds derived from ``seed``,
-  so test images are held out.
+  radius 5-7 px ("small") or 9-12 px ("large"), with a random rotation (+-15 degrees) for
+  crosses and triangles. Shapes are rasterised from coordinate grids (no PIL), in one batched pass.
+* **Splits**: ``"pretrain"`` (what the demo's tiny models are pretrained on), ``"train"``
+  (what unlearning trains on), ``"test"`` (held out: zero-shot and retrieval) and ``"val"``
+  use different seeds derived from ``seed``, so every split holds different images.
 * **Items** follow ``hypkern.data`` (``DemoShapes`` is a ``PairDataset``):
   ``{"image", "caption", "label" (class name), "target" (class index), "index"}``;
   ``targets`` (int64) and ``sizes`` (0 small, 1 large) hold every item's class index and size.
@@ -38,15 +39,15 @@ import torch
 from .pairs import PairDataset
 
 __all__ = [
-    "SHAPES", "COLOURS", "SIZES", "FAMILIES", "ROOT", "CLASSNAMES", "TEMPLATES", "IMAGE_SIZE",
+    "VERSION", "SHAPES", "COLOURS", "SIZES", "FAMILIES", "ROOT", "CLASSNAMES", "TEMPLATES", "IMAGE_SIZE",
     "DemoShapes", "load_demo", "class_name", "hierarchy_texts", "concept_texts",
 ]
 
-SHAPES = ("circle", "ring", "square", "triangle")
+SHAPES = ("circle", "ring", "cross", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "purple")
 SIZES = ("small", "large")
 #: Shape -> the family above it in the hierarchy.
-FAMILIES = {"circle": "round", "ring": "round", "square": "angular", "triangle": "angular"}
+FAMILIES = {"circle": "round", "ring": "round", "cross": "angular", "triangle": "angular"}
 ROOT = "a shape"
 IMAGE_SIZE = 32
 #: Class index -> leaf concept name.
@@ -61,8 +62,10 @@ _RGB = {
     "yellow": (0.95, 0.90, 0.15),
     "purple": (0.65, 0.20, 0.85),
 }
-_SPLIT_OFFSET = {"train": 0, "test": 1_000_003, "val": 2_000_029}
-_RADIUS = {"small": (4.0, 6.0), "large": (8.0, 11.0)}
+_SPLIT_OFFSET = {"train": 0, "test": 1_000_003, "val": 2_000_029, "pretrain": 3_000_017}
+#: Bumped whenever the generator's output changes (part of the pretrained models' cache key).
+VERSION = 2
+_RADIUS = {"small": (5.0, 7.0), "large": (9.0, 12.0)}
 
 
 def class_name(label: int) -> str:
@@ -108,7 +111,7 @@ def _draw(n: int, labels: torch.Tensor, sizes: torch.Tensor, g: torch.Generator)
     margin = radius + 1.0
     cx = margin + (S - 1 - 2 * margin) * torch.rand(n, generator=g)
     cy = margin + (S - 1 - 2 * margin) * torch.rand(n, generator=g)
-    theta = (torch.rand(n, generator=g) - 0.5) * (math.pi / 3)  # +-30 degrees
+    theta = (torch.rand(n, generator=g) - 0.5) * (math.pi / 6)  # +-15 degrees
 
     ys, xs = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32),
                             indexing="ij")
@@ -122,11 +125,11 @@ def _draw(n: int, labels: torch.Tensor, sizes: torch.Tensor, g: torch.Generator)
     d2 = dx * dx + dy * dy
     circle = d2 <= r * r
     ring = circle & (d2 >= (0.55 * r) ** 2)
-    square = (u.abs() <= 0.8 * r) & (v.abs() <= 0.8 * r)
+    cross = ((u.abs() <= 0.9 * r) & (v.abs() <= 0.3 * r)) | ((u.abs() <= 0.3 * r) & (v.abs() <= 0.9 * r))
     # Upright triangle in (u, v): apex at v = -r, base at v = 0.7 r.
     t = (v + r) / (1.7 * r)
     triangle = (v >= -r) & (v <= 0.7 * r) & (u.abs() <= t * r)
-    masks = torch.stack([circle, ring, square, triangle], 1)  # (n, 4, S, S), order = SHAPES
+    masks = torch.stack([circle, ring, cross, triangle], 1)  # (n, 4, S, S), order = SHAPES
     mask = masks[torch.arange(n), shape_idx].float()
 
     base = torch.tensor([_RGB[c] for c in COLOURS])[colour_idx]  # (n, 3)
@@ -193,8 +196,8 @@ class DemoShapes(PairDataset):
 
 
 def load_demo(split: str = "train", seed: int = 0, n_per_class: int | None = None, transform=None) -> DemoShapes:
-    """The demo dataset split. Default size: 40 images per class for ``"train"`` (800),
-    16 for ``"test"`` / ``"val"`` (320)."""
+    """The demo dataset split. Default size per class: 200 for ``"pretrain"`` (4000 images),
+    40 for ``"train"`` (800), 16 for ``"test"`` / ``"val"`` (320)."""
     if n_per_class is None:
-        n_per_class = 40 if split == "train" else 16
+        n_per_class = {"pretrain": 200, "train": 40}.get(split, 16)
     return DemoShapes(split, seed=seed, n_per_class=n_per_class, transform=transform)
