@@ -253,17 +253,23 @@ def _sync(device: str) -> None:
 
 def time_callable(fn: Callable[..., Any], device: str = "cpu", *, setup: Callable[[], Any] | None = None,
                   warmup: int = 1, min_reps: int = 3, max_reps: int = 30, min_time: float = 0.3,
-                  warmup_time: float = 0.1) -> dict:
+                  warmup_time: float = 0.1, slow_s: float = 2.0, warm: bool = False) -> dict:
     """Median (and quartiles) of ``fn()`` in milliseconds; with ``setup``, of ``fn(setup())``
     where ``setup()`` runs before each call, untimed (e.g. the forward before a backward).
 
-    Warm-up: ``warmup`` calls, then more until ``warmup_time`` seconds have passed (at most
-    10 calls). Then at least ``min_reps`` timed calls, more until ``min_time`` seconds of
-    samples or ``max_reps``. CUDA: each call between two CUDA events, synchronised."""
+    Warm-up: ``warmup`` calls (none if ``warm``: the caller already ran it), then more until
+    ``warmup_time`` seconds have passed (at most 10 calls). Then at least ``min_reps`` timed
+    calls, more until ``min_time`` seconds of samples or ``max_reps``. A call slower than
+    ``slow_s`` seconds (the B = 8192 materialised losses on CPU) ends the warm-up and lowers
+    ``min_reps`` to 2. CUDA: each call between two CUDA events, synchronised."""
     t0 = time.perf_counter()
-    for i in range(10):
+    for i in range(0 if warm else 10):
+        s = time.perf_counter()
         fn() if setup is None else fn(setup())
         _sync(device)
+        if time.perf_counter() - s > slow_s:
+            min_reps = min(min_reps, 2)
+            break
         if i + 1 >= warmup and time.perf_counter() - t0 >= warmup_time:
             break
     samples: list[float] = []
@@ -283,6 +289,8 @@ def time_callable(fn: Callable[..., Any], device: str = "cpu", *, setup: Callabl
             fn() if setup is None else fn(state)
             samples.append((time.perf_counter() - s) * 1e3)
         del state
+        if samples[-1] > slow_s * 1e3:
+            min_reps = min(min_reps, 2)
     q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
     return {"median_ms": statistics.median(samples), "p25_ms": q[0], "p75_ms": q[2],
             "reps": len(samples)}
@@ -318,28 +326,32 @@ def _reset_hwm() -> bool:
         return False
 
 
-def peak_memory_mb(fn: Callable[[], Any], device: str) -> float | None:
-    """Extra memory one call of ``fn`` needs at its peak, in MiB (see the module docstring)."""
+def peak_memory_mb(fn: Callable[[], Any], device: str) -> tuple[float | None, float]:
+    """(extra memory one call of ``fn`` needs at its peak in MiB, the call's seconds); see the
+    module docstring for what is measured. The call also serves as a warm-up."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
         out = fn()
         torch.cuda.synchronize()
+        sec = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated() - base
         del out
-        return peak / 2 ** 20
+        return peak / 2 ** 20, sec
     _trim(collect=True)
-    if not _reset_hwm():
-        return None
+    ok = _reset_hwm()
     base = _proc_status_kb("VmRSS")
+    t0 = time.perf_counter()
     out = fn()
+    sec = time.perf_counter() - t0
     peak = _proc_status_kb("VmHWM")
     del out
     _trim()
-    if base is None or peak is None:
-        return None
-    return max(peak - base, 0) / 1024
+    if not ok or base is None or peak is None:
+        return None, sec
+    return max(peak - base, 0) / 1024, sec
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -597,8 +609,14 @@ def _passes(built: Built):
     return {"fwd": (fwd, None), "bwd": (bwd, lambda: fn(*args)), "fwd+bwd": (fwdbwd, None)}
 
 
+def _is_slow(case: Case) -> bool:
+    """Cases whose float64 check and extra warm-up cost tens of seconds on a CPU: the
+    contrastive losses above 4096 x 4096 (their correctness is checked at the smaller size)."""
+    return case.kind == "loss" and case.pairwise and case.n * case.m > 4096 * 4096
+
+
 def _error(case: Case, built: Built, inputs) -> float | None:
-    if built.to_standard is None:
+    if built.to_standard is None or _is_slow(case):
         return None
     with torch.no_grad():
         out = built.to_standard(built.fn(*built.args)).detach().to(torch.float64).cpu()
@@ -625,13 +643,19 @@ def run_group(kind: str, name: str, impl: str, sizes: list, dtype: str, device: 
             err = _error(case, built, inputs) if check else None
             fns = _passes(built)
             results = {}
-            for p in PASSES:
+            for p in ("fwd", "bwd"):
                 f, setup = fns[p]
                 results[p] = time_callable(f, device, setup=setup, **timing)
-            peak = None
+            peak, warm = None, False
+            f = fns["fwd+bwd"][0]
             if measure_memory:
-                fns["fwd+bwd"][0]()  # warm (lazy init, compile guards) before the clean measurement
-                peak = peak_memory_mb(fns["fwd+bwd"][0], device)
+                # one call to warm up (lazy init, compile guards), then the clean measurement,
+                # which also warms the timing below when a call takes seconds
+                if impl == "compile" or not _is_slow(case):
+                    f()
+                peak, sec = peak_memory_mb(f, device)
+                warm = sec > timing.get("slow_s", 2.0)
+            results["fwd+bwd"] = time_callable(f, device, warm=warm, **timing)
             for p in PASSES:
                 rows.append({**base, "pass": p, **results[p],
                              "peak_mb": peak if p == "fwd+bwd" else None,
@@ -683,7 +707,8 @@ def ceilings(device: str, quick: bool = False) -> dict:
 def plan(suite: str, device: str, only: list[str] | None = None, impls: list[str] | None = None,
          sizes: dict | None = None):
     """(kind, name, impl, sizes) groups for a suite: 'quick', 'full' or 'gpu'. ``quick`` leaves
-    ``torch.compile`` out unless ``impls`` names it. ``sizes`` overrides the suite's sizes."""
+    ``torch.compile`` out unless ``impls`` names it; ``full`` compiles at the smallest size only
+    (each compile costs tens of seconds of a 2-core CPU's 10-minute budget). ``sizes`` overrides the suite's sizes."""
     sizes = {**SIZES[suite], **(sizes or {})}
     groups = []
     for kind, catalogue in (("op", OPS), ("loss", LOSSES)):
@@ -695,7 +720,10 @@ def plan(suite: str, device: str, only: list[str] | None = None, impls: list[str
                     continue
                 if not impls and suite == "quick" and impl == "compile":
                     continue  # compiling takes tens of seconds per case: not in a smoke run
-                groups.append((kind, name, impl, sizes[_size_class(kind, name)]))
+                szs = sizes[_size_class(kind, name)]
+                if impl == "compile" and suite == "full":
+                    szs = szs[:1]  # compile (and recompile per shape) only at the smallest size
+                groups.append((kind, name, impl, szs))
     return groups
 
 

@@ -166,3 +166,20 @@ def test_max_batch_model():
     b = out["reference"]["max_batch"]
     assert 100.0 + b / 1024 + 1e-5 * b * b == pytest.approx(200.0, rel=1e-3)
     assert out["reference"]["extrapolated"] is False and out["fused"]["extrapolated"] is True
+
+
+def test_gpu_suite_dry_run_and_refusal_without_gpu(tmp_path):
+    """The GPU suite's Python parts import and render here; without a GPU the real run
+    stops at once with a clear message and a non-zero status."""
+    script = os.path.join(ROOT, "benchmarks", "gpu_suite.sh")
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(["bash", script, str(tmp_path / "dry"), "--dry-run"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "dry run OK" in proc.stdout
+    assert (tmp_path / "dry" / "gpu_summary_DRYRUN.md").exists()
+    if torch.cuda.is_available():
+        return
+    proc = subprocess.run(["bash", script, str(tmp_path / "real")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode in (2, 3) and "FATAL" in proc.stdout + proc.stderr
