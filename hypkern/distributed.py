@@ -116,7 +116,8 @@ def distributed_contrastive(kind: str, image, text, s, c, targets, weights, *, b
         t = L._check_targets(targets, n_loc, m_all, dev, what="text")
     if kind == "lorentz":
         x, y, xt, yt, beta = L._lorentz_operands(image, text, s, c, backend)
-        y_all, yt_all = gather_with_grad(y, group), gather_with_grad(yt, group)
+        y_all = gather_with_grad(y, group)
+        yt_all = None if yt is None else gather_with_grad(yt, group)
     else:
         x, y = L._clip_operands(image, text, backend)
         xt = yt_all = None

@@ -159,14 +159,14 @@ def _per_pair(kind, x, y, xt, yt, c, beta, targets, backend, blocks, reduce_cols
 
 def _lorentz_operands(image, text, s, c, backend):
     """Inputs of the fused kernels: features (compute dtype for chunked, own dtype for Triton,
-    which accumulates in float32), time components, c and beta = 2 s / sqrt(c)."""
+    which accumulates in float32), time components (Triton only), and beta = 2 s / sqrt(c)."""
     cd = compute_dtype(image.dtype)
-    x = image if backend == "triton" else image.to(cd)
-    y = text if backend == "triton" else text.to(cd)
+    beta = 2.0 * s / torch.sqrt(c)
+    if backend != "triton":  # the chunked path computes the time components itself
+        return image.to(cd), text.to(cd), None, None, beta
     xt = reference.time_component(image.to(cd), c)
     yt = reference.time_component(text.to(cd), c)
-    beta = 2.0 * s / torch.sqrt(c)
-    return x, y, xt, yt, beta
+    return image, text, xt, yt, beta
 
 
 def _clip_operands(image, text, backend):

@@ -22,8 +22,10 @@ Two logit kinds:
   (coinciding points), as the reference does.
 * ``"cosine"``: ``l = beta x_i . y_j`` on already normalised features, ``beta = s``.
 
-Inputs ``xt``, ``yt``, ``c`` and ``beta`` are separate tensors so that their dependence on the
-features, the curvature and the logit scale is left to ordinary autograd outside (O(N D)).
+``c`` and ``beta`` are separate inputs, so the logit scale's path (``beta = 2 s / sqrt(c)``)
+is ordinary autograd outside. The time components ``xt``, ``yt`` are computed inside when
+passed as None (then their gradient is folded into ``dx``, ``dy``, ``dc`` in place), or taken
+as inputs with their own gradients.
 """
 from __future__ import annotations
 
@@ -88,6 +90,10 @@ class TiledContrastive(torch.autograd.Function):
         beta_f = float(beta)
         lorentz = kind == "lorentz"
         dt, dev = x.dtype, x.device
+        own_t = lorentz and xt is None
+        if own_t:  # time components here: their backward then needs no (N, D) temporaries
+            xt = torch.sqrt(1.0 / c_f + torch.linalg.vecdot(x, x))
+            yt = torch.sqrt(1.0 / c_f + torch.linalg.vecdot(y, y))
         neg_inf = float("-inf")
         row_lse = torch.full((n,), neg_inf, dtype=dt, device=dev)
         col_lse = torch.full((m,), neg_inf, dtype=dt, device=dev)
@@ -113,7 +119,7 @@ class TiledContrastive(torch.autograd.Function):
             col_lse = reduce_cols(col_lse)
         per_pair = 0.5 * ((row_lse - pos) + (col_lse[targets] - pos))
         ctx.kind, ctx.blocks, ctx.c_f, ctx.beta_f = kind, blocks, c_f, beta_f
-        ctx.reduce_colw, ctx.d = reduce_colw, x.shape[1]
+        ctx.reduce_colw, ctx.d, ctx.own_t = reduce_colw, x.shape[1], own_t
         if lorentz:
             ctx.save_for_backward(x, y, targets, row_lse, col_lse, xt, yt)
         else:
@@ -171,6 +177,12 @@ class TiledContrastive(torch.autograd.Function):
                     dx[r0:r1].addmm_(g, yc, alpha=beta_f)
                     dy[c0:c1].addmm_(g.T, xr, alpha=beta_f)
         gbeta = (d_beta / beta_f).reshape(())
+        if lorentz and ctx.own_t:
+            # xt = sqrt(1/c + |x|^2): dx += dxt x / xt, dc -= dxt / (2 c^2 xt); same for y.
+            d_c -= ((dxt / xt).sum() + (dyt / yt).sum()) / (2.0 * c_f * c_f)
+            dx.addcmul_(x, (dxt / xt)[:, None])
+            dy.addcmul_(y, (dyt / yt)[:, None])
+            return (None, dx, dy, None, None, d_c.reshape(()), gbeta, None, None, None, None)
         if lorentz:
             return (None, dx, dy, dxt, dyt, d_c.reshape(()), gbeta, None, None, None, None)
         return (None, dx, dy, None, None, None, gbeta, None, None, None, None)
