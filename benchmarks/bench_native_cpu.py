@@ -39,15 +39,22 @@ PAIRWISE = ("pairwise_inner", "pairwise_dist")
 MAPS_ANGLES = ("exp_map0", "log_map0", "half_aperture", "oxy_angle")
 
 
-def _median_time(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _paired_medians(fa, fb, repeats: int, rounds: int = 3, warmup: int = 2) -> tuple[float, float]:
+    """Median times of fa and fb over ``rounds`` alternating blocks (a block: ``warmup`` untimed
+    calls, then ``repeats // rounds`` timed ones). Blocks keep each function in its steady state
+    (allocator included: fresh pages cost ~8 us each on the VM these numbers come from), the
+    alternation lets both see the same drift of the machine's load."""
+    ta, tb = [], []
+    per = max(1, repeats // rounds)
+    for _ in range(rounds):
+        for f, ts in ((fa, ta), (fb, tb)):
+            for _ in range(warmup):
+                f()
+            for _ in range(per):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def _inputs(op: str, n: int, d: int, m: int | None = None, seed: int = 0):
@@ -124,8 +131,7 @@ def main() -> None:
             shape = f"{args.rows}x{args.dim}"
         ref_fwd, ref_fb, nat_fwd, nat_fb = _callables(op, xs, curv)
         for mode, ref, nat in (("fwd", ref_fwd, nat_fwd), ("fwd+bwd", ref_fb, nat_fb)):
-            t_ref = _median_time(ref, args.repeats)
-            t_nat = _median_time(nat, args.repeats)
+            t_ref, t_nat = _paired_medians(ref, nat, args.repeats)
             target = ""
             if mode == "fwd+bwd" and op in MAPS_ANGLES:
                 target = ">= 3x: " + ("met" if t_ref / t_nat >= 3 else "MISSED")
@@ -138,9 +144,9 @@ def main() -> None:
     # pairwise_dist forward against a bare matmul of the same shape.
     x, y = _inputs("pairwise_dist", args.pair, args.dim, m=args.pair, seed=1)
     c = torch.tensor(curv)
-    t_mm = _median_time(lambda: torch.mm(x, y.T), args.repeats)
     with torch.no_grad():
-        t_pd = _median_time(lambda: hypkern.pairwise_dist(x, y, c, backend="native"), args.repeats)
+        t_mm, t_pd = _paired_medians(lambda: torch.mm(x, y.T),
+                                     lambda: hypkern.pairwise_dist(x, y, c, backend="native"), args.repeats)
     ratio = t_pd / t_mm
     target = "<= 1.25x: " + ("met" if ratio <= 1.25 else "MISSED")
     rows.append(dict(op="pairwise_dist", shape=f"{args.pair}x{args.pair}x{args.dim}", mode="fwd",
@@ -164,7 +170,9 @@ def main() -> None:
         f"- date: {when}",
         f"- machine: {machine}",
         f"- command: `python benchmarks/bench_native_cpu.py --threads {args.threads} --repeats {args.repeats}`",
-        f"- medians of {args.repeats} timings after 3 warm-up calls, one run; fp32 inputs, curvature {curv}",
+        f"- medians of {args.repeats} timings in 3 alternating blocks (baseline, native) of 2 warm-up + "
+        f"{args.repeats // 3} timed calls, "
+        f"one run; fp32 inputs, curvature {curv}",
         "- speed-up = eager reference time / native time (the public op `hypkern.<op>(..., backend=\"native\")`, "
         "argument checks and autograd included); last row: native time / bare `torch.mm` time",
         "",

@@ -208,7 +208,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_bwd(const at::Tensor& gr
   // The grad is read in the input dtype (fp16/bf16 converted on the fly) or the compute dtype.
   at::Tensor G = grad.contiguous();
   if (G.scalar_type() != x_in.scalar_type()) G = G.to(cd);
-  at::Tensor P = at::mm(x, y.t());  // overwritten with G'
+  // Overwritten with G'. pairwise_inner's G' is the grad itself: no products needed.
+  at::Tensor P = K == Kind::Inner ? at::empty({N, M}, x.options()) : at::mm(x, y.t());
   const double cval = curv.item<double>();
   // Row blocks, one per thread: each owns a buffer for its column sums.
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());

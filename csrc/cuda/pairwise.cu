@@ -167,7 +167,8 @@ Grads3 pairwise_bwd(const Tensor& grad_in, const Tensor& x_in, const Tensor& y_i
   check_grad(grad_in, {N, M}, p.x);
   Tensor G = grad_in.scalar_type() == p.x.scalar_type() ? grad_in.contiguous()
                                                         : grad_in.to(p.x.scalar_type()).contiguous();
-  Tensor P = products(p.x, p.y);  // becomes G'
+  // Becomes G'. pairwise_inner's G' is the grad itself: no products needed.
+  Tensor P = K == Kind::Inner ? at::empty({N, M}, p.curv.options()) : products(p.x, p.y);
   const Tensor xt = time_components(p.x, p.curv), yt = time_components(p.y, p.curv);
   const dim3 grid = epilogue_grid(N, M);
   Tensor dc_part = at::zeros({static_cast<int64_t>(grid.x) * grid.y}, p.curv.options());
