@@ -1019,6 +1019,11 @@ def write_csv(rows: list[dict], path: str) -> None:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
 
 
+IMPL_COLORS = {"reference": "tab:blue", "compile": "tab:cyan", "native": "tab:orange", "triton": "tab:red",
+               "chunked": "tab:green", "geoopt": "tab:purple", "open_clip": "tab:brown", "inf_cl": "tab:pink",
+               "matmul": "tab:gray"}
+
+
 def plot(result: dict, path: str) -> bool:
     """One panel per op/loss: fwd+bwd median time vs size, one line per implementation."""
     try:
@@ -1041,7 +1046,8 @@ def plot(result: dict, path: str) -> bool:
             pts = [(labels.index(Case(kind, name, r["n"], r["m"], r["d"]).label), r["median_ms"])
                    for r in rs if r["impl"] == impl]
             xs, ys = zip(*sorted(pts))
-            ax.plot(xs, ys, marker="o", linestyle="--" if impl == "matmul" else "-", label=impl)
+            ax.plot(xs, ys, marker="x" if impl == "matmul" else "o", linestyle="--" if impl == "matmul" else "-",
+                    label=impl, color=IMPL_COLORS.get(impl, "black"))
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, fontsize=7)
         ax.set_yscale("log")
