@@ -7,9 +7,10 @@ For every Lorentz op (``pairwise_inner``, ``pairwise_dist``, ``dist``, ``exp_map
 entailment), three passes, each timed on its own:
 
 * ``fwd``: the forward under ``torch.no_grad()`` (what inference pays);
-* ``bwd``: the backward alone, ``torch.autograd.grad(out, inputs, g, retain_graph=True)``
-  on a graph built once outside the timed region;
-* ``fwd+bwd``: forward with autograd then backward, one training step of the op.
+* ``fwd+bwd``: forward with autograd, then ``torch.autograd.grad(out, inputs, g)``: one
+  training step of the op;
+* ``bwd``: the backward part of those same ``fwd+bwd`` calls (the timer is read between
+  forward and backward; CUDA events on a GPU), so it costs no extra calls.
 
 for each implementation usable on the device: the eager reference (``reference``), the
 reference under ``torch.compile`` (``compile``; compile time is in the warm-up, not the
@@ -46,15 +47,22 @@ many GEMMs the implementation really runs, e.g. a backward that recomputes the l
 Peak memory (column ``peak_mb``, fwd+bwd pass, one call, after the inputs exist): on CUDA
 ``torch.cuda.max_memory_allocated()`` minus the allocation before the call (what PyTorch's
 allocator handed out, not what the driver reserved). On CPU the resident-set high-water
-mark: the worker process (one per case and implementation, sizes in increasing order) runs
-one warm-up call, frees, ``malloc_trim(0)``, resets the kernel's high-water mark (writes
-``5`` to ``/proc/self/clear_refs``) and reports ``VmHWM - VmRSS`` around one call. That
-counts every page the call touches (temporaries, outputs, gradients, allocator slack), to
-within a page and the allocator's retained arenas; where ``clear_refs`` is not writable the
-column is empty.
+mark: a fresh worker process per op/loss runs its implementations one after the other, sizes
+in increasing order; for each it runs one warm-up call (skipped where one call takes
+seconds), frees, ``malloc_trim(0)``, resets the kernel's high-water mark (writes ``5`` to
+``/proc/self/clear_refs``) and reports ``VmHWM - VmRSS`` around one call. That counts every
+page the call touches (temporaries, outputs, gradients, allocator slack), to within a page
+and whatever glibc keeps after the trim; where ``clear_refs`` is not writable the column is
+empty. ``--in-process`` (the default for ``--quick``) measures the same way without the
+fresh process.
 
 Every implementation is also checked, once per size, against the float64 reference on the
-same inputs: ``err`` is ``max |out - ref| / max(1, |ref|)`` of the forward output.
+same inputs: ``err`` is ``max |out - ref| / max(1, |ref|)`` of the forward output (not at
+the B = 8192 contrastive size on CPU, whose float64 check alone takes a minute; the smaller
+size of the same case is checked).
+
+The full CPU suite takes ``torch.compile`` at the smallest size of each case only (compiling
+costs tens of seconds per case on two cores); the quick suite leaves it out.
 """
 from __future__ import annotations
 
@@ -108,7 +116,7 @@ CURV = 0.5          # c: the geometry runs on curvature -0.5 (geoopt: k = 1/c = 
 LOGIT_SCALE = 14.0  # s, about MERU's / CLIP's 1/0.07 initialisation
 MIN_RADIUS = 0.1
 
-#: Sizes per suite: op/loss -> list of (N, M, D) (M = N for row-wise cases).
+#: Sizes per suite: size class (or a case's own name) -> list of (N, M, D) (M = N row-wise).
 SIZES = {
     "quick": {
         "pairwise": [(64, 48, 16)],
@@ -118,9 +126,11 @@ SIZES = {
     },
     "full": {
         "pairwise": [(512, 512, 128), (2048, 2048, 512)],
-        "rowwise": [(4096, 4096, 128), (65536, 65536, 512)],
+        "rowwise": [(4096, 4096, 128), (32768, 32768, 512)],
+        # B = 8192, D = 512 is issue 8's CPU target size for the fused Lorentz loss
         "contrastive": [(1024, 1024, 512), (8192, 8192, 512)],
-        "entailment": [(4096, 4096, 128), (65536, 65536, 512)],
+        "clip_contrastive": [(1024, 1024, 512), (4096, 4096, 512)],
+        "entailment": [(4096, 4096, 128), (32768, 32768, 512)],
     },
     # On a GPU the sizes where launch overheads stop mattering.
     "gpu": {
@@ -586,27 +596,50 @@ class _Skip(Exception):
 
 # ----------------------------------------------------------------------------- one group
 
-def _passes(built: Built):
-    """(callable, setup) for each of the three passes; ``bwd`` gets a fresh graph from its
-    untimed setup each call (no ``retain_graph``, which compiled backwards refuse)."""
+def _passes(built: Built, device: str):
+    """``fwd`` (no grad) and ``fwd+bwd`` callables; every ``fwd+bwd`` call also records the
+    time of its backward part (the timer read between forward and backward, CUDA events on a
+    GPU) into the returned list, which is where the ``bwd`` column comes from."""
     fn, args = built.fn, built.args
     with torch.no_grad():
         probe = fn(*args)
     g = torch.ones_like(probe) if probe.ndim == 0 else torch.randn_like(probe)
     del probe
+    splits: list = []
+    cuda = device.startswith("cuda")
 
     def fwd():
         with torch.no_grad():
             return fn(*args)
 
     def fwdbwd():
+        if cuda:
+            mid, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            out = fn(*args)
+            mid.record()
+            grads = torch.autograd.grad(out, args, g)
+            end.record()
+            splits.append((mid, end))
+            return grads
         out = fn(*args)
-        return torch.autograd.grad(out, args, g)
+        t = time.perf_counter()
+        grads = torch.autograd.grad(out, args, g)
+        splits.append(time.perf_counter() - t)
+        return grads
 
-    def bwd(out):
-        return torch.autograd.grad(out, args, g)
+    return fwd, fwdbwd, splits
 
-    return {"fwd": (fwd, None), "bwd": (bwd, lambda: fn(*args)), "fwd+bwd": (fwdbwd, None)}
+
+def _bwd_stats(splits: list, reps: int) -> dict:
+    """Median and quartiles (ms) of the backward parts of the last ``reps`` fwd+bwd calls."""
+    last = splits[-reps:]
+    if last and isinstance(last[0], tuple):
+        torch.cuda.synchronize()
+        samples = [a.elapsed_time(b) for a, b in last]
+    else:
+        samples = [x * 1e3 for x in last]
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
+    return {"median_ms": statistics.median(samples), "p25_ms": q[0], "p75_ms": q[2], "reps": len(samples)}
 
 
 def _is_slow(case: Case) -> bool:
@@ -641,13 +674,9 @@ def run_group(kind: str, name: str, impl: str, sizes: list, dtype: str, device: 
             inputs = make_inputs(case, dt, device)
             built = build_impl(impl, case, inputs)
             err = _error(case, built, inputs) if check else None
-            fns = _passes(built)
-            results = {}
-            for p in ("fwd", "bwd"):
-                f, setup = fns[p]
-                results[p] = time_callable(f, device, setup=setup, **timing)
+            fwd, f, splits = _passes(built, device)
+            results = {"fwd": time_callable(fwd, device, **timing)}
             peak, warm = None, False
-            f = fns["fwd+bwd"][0]
             if measure_memory:
                 # one call to warm up (lazy init, compile guards), then the clean measurement,
                 # which also warms the timing below when a call takes seconds
@@ -656,11 +685,12 @@ def run_group(kind: str, name: str, impl: str, sizes: list, dtype: str, device: 
                 peak, sec = peak_memory_mb(f, device)
                 warm = sec > timing.get("slow_s", 2.0)
             results["fwd+bwd"] = time_callable(f, device, warm=warm, **timing)
+            results["bwd"] = _bwd_stats(splits, results["fwd+bwd"]["reps"])
             for p in PASSES:
                 rows.append({**base, "pass": p, **results[p],
                              "peak_mb": peak if p == "fwd+bwd" else None,
                              "err": err, "status": "ok"})
-            del built, fns, inputs
+            del built, fwd, f, splits, inputs
             _trim()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -720,7 +750,7 @@ def plan(suite: str, device: str, only: list[str] | None = None, impls: list[str
                     continue
                 if not impls and suite == "quick" and impl == "compile":
                     continue  # compiling takes tens of seconds per case: not in a smoke run
-                szs = sizes[_size_class(kind, name)]
+                szs = sizes.get(name) or sizes[_size_class(kind, name)]
                 if impl == "compile" and suite == "full":
                     szs = szs[:1]  # compile (and recompile per shape) only at the smallest size
                 groups.append((kind, name, impl, szs))
@@ -752,9 +782,24 @@ def _run_group_subprocess(spec: dict, timeout: float) -> list[dict]:
 
 
 def _failed_rows(spec: dict, status: str) -> list[dict]:
-    return [{"kind": spec["kind"], "name": spec["name"], "impl": spec["impl"], "n": n, "m": m, "d": d,
+    return [{"kind": spec["kind"], "name": spec["name"], "impl": impl, "n": n, "m": m, "d": d,
              "dtype": spec["dtype"], "device": spec["device"], "pass": p, "status": status}
-            for (n, m, d) in spec["sizes"] for p in PASSES]
+            for impl, sizes in spec["impls"] for (n, m, d) in sizes for p in PASSES]
+
+
+def _run_case(spec: dict, log=None) -> list[dict]:
+    """Every implementation of one op/loss (``spec["impls"]``: [impl, sizes] pairs)."""
+    rows = []
+    for impl, sizes in spec["impls"]:
+        t0 = time.time()
+        got = run_group(spec["kind"], spec["name"], impl, [tuple(s) for s in sizes], spec["dtype"],
+                        spec["device"], spec["timing"], spec.get("memory", True), spec.get("check", True))
+        rows += got
+        if log:
+            status = {r["status"].split(":")[0] for r in got}
+            log(f"[bench]   {spec['kind']} {spec['name']:<20} {impl:<10} {time.time() - t0:6.1f} s "
+                f"{'/'.join(sorted(status))}")
+    return rows
 
 
 def _worker_main(spec_path: str, out_path: str) -> int:
@@ -762,9 +807,7 @@ def _worker_main(spec_path: str, out_path: str) -> int:
         spec = json.load(f)
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    rows = run_group(spec["kind"], spec["name"], spec["impl"], [tuple(s) for s in spec["sizes"]],
-                     spec["dtype"], spec["device"], spec["timing"], spec.get("memory", True),
-                     spec.get("check", True))
+    rows = _run_case(spec, log=lambda m: print(m, file=sys.stderr, flush=True))
     with open(out_path, "w") as f:
         json.dump(rows, f)
     return 0
@@ -778,7 +821,7 @@ TIMING = {
 
 
 def run_benchmarks(suite: str = "quick", device: str = "cpu", dtype: str = "float32",
-                   only=None, impls=None, isolate: bool | None = None, group_timeout: float = 300.0,
+                   only=None, impls=None, isolate: bool | None = None, group_timeout: float = 420.0,
                    log=print, sizes: dict | None = None, threads: int | None = None) -> dict:
     """Run a suite; returns ``{"machine", "ceilings", "rows", "settings"}`` with derived
     columns (speedup, GB/s, FLOP/s, memory ratio) filled in. ``threads``: torch CPU threads
@@ -799,18 +842,19 @@ def run_benchmarks(suite: str = "quick", device: str = "cpu", dtype: str = "floa
     log("[bench] ceilings: " + ", ".join(f"{k}={v:.4g}" for k, v in ceil.items()))
     rows: list[dict] = []
     groups = plan(suite, device, only, impls, sizes)
-    for i, (kind, name, impl, szs) in enumerate(groups):
-        spec = {"kind": kind, "name": name, "impl": impl, "sizes": [list(s) for s in szs],
-                "dtype": dtype, "device": device, "timing": timing, "memory": True, "check": True,
-                "threads": torch.get_num_threads()}
+    cases: dict = {}
+    for kind, name, impl, szs in groups:
+        cases.setdefault((kind, name), []).append([impl, [list(x) for x in szs]])
+    for i, ((kind, name), impl_sizes) in enumerate(cases.items()):
+        spec = {"kind": kind, "name": name, "impls": impl_sizes, "dtype": dtype, "device": device,
+                "timing": timing, "memory": True, "check": True, "threads": torch.get_num_threads()}
         t0 = time.time()
-        if isolate:
-            got = _run_group_subprocess(spec, group_timeout)
-        else:
-            got = run_group(kind, name, impl, szs, dtype, device, timing)
+        # CPU: one fresh worker process per op/loss (all its implementations, one after the
+        # other, each size's memory measured from a trimmed heap and a reset high-water mark)
+        got = _run_group_subprocess(spec, group_timeout) if isolate else _run_case(spec)
         rows += got
         status = {r["status"].split(":")[0] for r in got}
-        log(f"[bench] {i + 1}/{len(groups)} {kind} {name:<20} {impl:<10} {time.time() - t0:6.1f} s "
+        log(f"[bench] {i + 1}/{len(cases)} {kind} {name:<20} {len(impl_sizes)} impls {time.time() - t0:6.1f} s "
             f"{'/'.join(sorted(status))}")
     machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     machine["wall_s"] = round(time.time() - t_start, 1)
@@ -967,7 +1011,10 @@ def markdown_table(result: dict, title: str = "Kernel benchmarks") -> str:
               "`mem/ref` its ratio to the reference's; `err` = max |out - ref64| / max(1, |ref64|).", ""]
     targets = evaluate_targets(result)
     if targets:
-        lines += ["## Targets (issue 8, CPU)", "", "| target | measured | met | margin |", "|---|---|---|---|"]
+        lines += ["## Targets (issue 8, CPU)", ""]
+        if result["settings"]["suite"] == "quick":
+            lines += ["*Quick suite: tiny sizes, so these verdicts mean nothing; run the full suite.*", ""]
+        lines += ["| target | measured | met | margin |", "|---|---|---|---|"]
         for t in targets:
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
             lines.append(f"| {t['target']} | {t['measured']} | {met} | {t['margin'] or t['note']} |")
@@ -1344,8 +1391,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-process", action="store_true",
                    help="run every case in this process (the default for --quick and CUDA; CPU peak "
                         "memory is then less isolated)")
-    p.add_argument("--group-timeout", type=float, default=300.0,
-                   help="seconds one implementation of one op may take, all sizes (default 300)")
+    p.add_argument("--group-timeout", type=float, default=420.0,
+                   help="seconds one op/loss may take, all implementations and sizes (default 420)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: all cores; 1 with --quick)")
     p.add_argument("--no-plot", action="store_true")
