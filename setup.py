@@ -158,5 +158,17 @@ def _extensions():
     return exts, {"build_ext": BuildExt.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 
+def _drop_stale(built: set[str]) -> None:
+    """Remove extension binaries of an earlier build from build/lib* that this build does not
+    make (e.g. _C_cuda after HYPKERN_BUILD_CUDA=0), so they are not installed with the package."""
+    for name in ("_C", "_C_cuda"):
+        if f"hypkern.{name}" in built:
+            continue
+        for path in glob.glob(os.path.join(ROOT, "build", "lib*", "hypkern", f"{name}.*")):
+            _say(f"removing stale {os.path.relpath(path, ROOT)}")
+            os.remove(path)
+
+
 ext_modules, cmdclass = _extensions()
+_drop_stale({e.name for e in ext_modules})
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -11,7 +11,8 @@
 // Per-row scalars used below: a = |x|^2, b = |y|^2, p = x.y (pairwise), and for dist and
 // oxy_angle e = |x-y|^2, f = (x-y).(x+y). Backward functions are reverse-mode derivations
 // through the same scalar graph as the forward, so clipping decisions (which branch gets a zero
-// gradient) follow the reference exactly: torch.clamp passes the gradient where the input
+// gradient) follow the reference's (oxy_angle forms z - 1 without
+// cancellation, see there): torch.clamp passes the gradient where the input
 // lies inside the closed interval, _safe_sqrt(q) = sqrt(max(q, tiny)) passes it where
 // q >= tiny.
 #pragma once
