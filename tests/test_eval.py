@@ -110,3 +110,101 @@ def test_lorentz_ensemble_averages_in_tangent_space_and_scores_by_inner_product(
     xt = torch.sqrt(1 / c + (img ** 2).sum(-1, keepdim=True))
     yt = torch.sqrt(1 / c + (clf ** 2).sum(-1, keepdim=True))
     assert torch.allclose(scores, img @ clf.T - xt @ yt.T, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+from hypkern.eval import audits  # noqa: E402
+from hypkern.eval.report import evaluate, targets_met  # noqa: E402
+from hypkern.eval.retrieval import caption_retrieval, recall_at_k  # noqa: E402
+
+
+def test_recall_at_k_known_ranks():
+    # 3 images x 4 texts; image i's positive is text i (image 2 also matches text 3).
+    sim = torch.tensor([[0.9, 0.1, 0.2, 0.3],    # positive ranked 1st
+                        [0.8, 0.7, 0.6, 0.5],    # positive ranked 2nd
+                        [0.4, 0.9, 0.1, 0.3]])   # positives text 2 (4th) and text 3 (3rd): best 3rd
+    pos = torch.zeros(3, 4, dtype=torch.bool)
+    pos[0, 0] = pos[1, 1] = pos[2, 2] = pos[2, 3] = True
+    r = recall_at_k(sim, pos, ks=(1, 2, 3))
+    assert r["i2t"] == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: pytest.approx(1.0)}
+    # Text queries: text 0 -> image 0 is 1st; text 1 -> image 1 is 2nd (image 2 has 0.9);
+    # text 2 -> image 2 is 3rd (0.2, 0.6 above 0.1); text 3 -> image 2 is 2nd (0.5 above 0.3).
+    assert r["t2i"] == {1: pytest.approx(1 / 4), 2: pytest.approx(3 / 4), 3: pytest.approx(1.0)}
+    # Ties go to the query: an equal score does not push the positive down.
+    tie = recall_at_k(torch.tensor([[0.5, 0.5]]), torch.tensor([[False, True]]), ks=(1,))
+    assert tie["i2t"][1] == 1.0
+    # A query subset: only image 1 (and its text 1) are queries.
+    sub = recall_at_k(sim, pos, ks=(1, 2), queries=torch.tensor([False, True, False]))
+    assert sub["i2t"] == {1: 0.0, 2: 1.0} and sub["t2i"] == {1: 0.0, 2: 1.0}
+
+
+def test_caption_retrieval_with_repeated_captions():
+    model = StubModel({"a": [1.0, 0.0], "b": [0.0, 1.0]})
+    images = torch.tensor([[1.0, 0.1], [0.9, 0.0], [0.1, 1.0]])
+    captions = ["a", "a", "b"]
+    texts = ["a", "b"]
+    r = caption_retrieval(model, images, captions, model.encode_text(model.tokenize(texts)), texts, ks=(1,))
+    assert r["i2t"][1] == 1.0 and r["t2i"][1] == 1.0
+
+
+# ----------------------------------------------------------------------------- audits
+
+def test_cone_membership_on_constructed_points():
+    model = StubModel({"t": [1.0, 0.0]}, geometry="lorentz", curv=1.0)
+    e1 = torch.tensor([[1.0, 0.0]])
+    text = 2.0 * e1
+    # Half-aperture at |x| = 2, c = 1, K = 0.1: asin(0.1).
+    assert float(hypkern.half_aperture(text, 1.0, 0.1, backend="reference")) == pytest.approx(math.asin(0.1), abs=1e-6)
+    further_out = 5.0 * e1                              # on the ray beyond the text: angle 0, inside
+    slightly_off = torch.tensor([[6.0, 0.1]])           # a small angle from the ray, farther out
+    sideways = torch.tensor([[2.0, 2.0]])               # 45 degrees off at a similar norm: outside
+    behind = -1.0 * e1                                  # towards the origin and beyond: outside
+    inside = audits.cone_membership(model, text.repeat(4, 1), torch.cat([further_out, slightly_off, sideways, behind]))
+    assert inside.tolist() == [True, True, False, False]
+    assert audits.cone_membership(StubModel({"t": [1.0, 0.0]}), text, e1) is None  # Euclidean: n/a
+
+
+def test_origin_distance_and_class_similarity():
+    c = 0.7
+    model = StubModel({"t": [1.0, 0.0]}, geometry="lorentz", curv=c)
+    x = torch.tensor([[0.0, 0.0], [1.5, -2.0], [0.3, 0.1]])
+    d = audits.origin_distance(model, x)
+    expected = hypkern.pairwise_dist(x.double(), torch.zeros(1, 2, dtype=torch.float64), c, backend="reference")[:, 0]
+    assert torch.allclose(d, expected, atol=1e-9)
+    assert audits.origin_distance(StubModel({"t": [1.0]}), x).tolist() == pytest.approx([0.0, 2.5, math.sqrt(0.1)])
+    euclid = StubModel({"t": [1.0, 0.0]})
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    clf = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    m = audits.class_similarity(euclid, feats, torch.tensor([0, 0, 1]), clf)
+    r = math.sqrt(0.5)
+    assert torch.allclose(m, torch.tensor([[0.5, 0.5], [r, r]], dtype=m.dtype))
+
+
+def test_targets_met():
+    before = {"forget": 0.9, "retain": 0.8, "chance": 0.05}
+    ok = targets_met(before, {"forget": 0.10, "retain": 0.72, "chance": 0.05})
+    assert ok["pass"] and ok["forget_limit"] == pytest.approx(0.10) and ok["retain_limit"] == pytest.approx(0.72)
+    bad = targets_met(before, {"forget": 0.11, "retain": 0.71, "chance": 0.05})
+    assert not bad["forget_ok"] and not bad["retain_ok"] and not bad["pass"]
+
+
+def test_evaluate_writes_report(tmp_path):
+    import json
+    from hypkern.data import demo
+    from hypkern.models import tiny_meru
+    data = demo.load_demo("test", n_per_class=2)
+    before, after = tiny_meru(seed=0), tiny_meru(seed=1)
+    res = evaluate(after, data, ["red circle", "blue"], before=before, out_dir=str(tmp_path), title="t")
+    for name in ("report.json", "report.md", "similarity.png", "origin_distance.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "report.json").read_text())
+    # "blue" names every blue class (whole-word match); classes in index order.
+    assert saved["after"]["forget_classes"] == ["red circle", "blue circle", "blue ring", "blue cross", "blue triangle"]
+    zs = res["after"]["zeroshot"]
+    assert saved["after"]["zeroshot"]["forget"] == pytest.approx(zs["forget"])
+    assert set(saved["after"]["origin_distance"]["levels"]) == {"root", "family", "shape", "class", "caption"}
+    assert 0 <= res["after"]["cone"]["forget"] <= 1
+    assert res["targets"]["forget_limit"] == pytest.approx(zs["chance"] + 0.05)
+    md = (tmp_path / "report.md").read_text()
+    assert f"| forget | {100 * res['before']['zeroshot']['forget']:.1f} | {100 * zs['forget']:.1f} |" in md
