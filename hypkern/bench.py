@@ -770,13 +770,14 @@ def _run_group_subprocess(spec: dict, timeout: float) -> list[dict]:
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         try:
+            # the worker's progress lines (stderr) go straight to this process's stderr
             proc = subprocess.run([sys.executable, "-m", "hypkern.bench", "--worker", spec_path, out_path],
-                                  env=_worker_env(), capture_output=True, text=True, timeout=timeout)
+                                  env=_worker_env(), stdout=subprocess.PIPE, stderr=None, text=True,
+                                  timeout=timeout)
         except subprocess.TimeoutExpired:
             return _failed_rows(spec, f"timeout: worker exceeded {timeout:.0f} s")
         if proc.returncode != 0 or not os.path.exists(out_path):
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-            return _failed_rows(spec, f"error: worker exited {proc.returncode}: {tail[0][:300]}")
+            return _failed_rows(spec, f"error: worker exited {proc.returncode} (its stderr is in the log above)")
         with open(out_path) as f:
             return json.load(f)
 
@@ -815,7 +816,7 @@ def _worker_main(spec_path: str, out_path: str) -> int:
 
 TIMING = {
     "quick": dict(warmup=1, min_reps=3, max_reps=10, min_time=0.02, warmup_time=0.0),
-    "full": dict(warmup=1, min_reps=3, max_reps=30, min_time=0.3, warmup_time=0.1),
+    "full": dict(warmup=1, min_reps=3, max_reps=30, min_time=0.2, warmup_time=0.1, slow_s=1.0),
     "gpu": dict(warmup=2, min_reps=5, max_reps=50, min_time=0.1, warmup_time=0.05),
 }
 
