@@ -25,6 +25,10 @@ How it is built
 * **Splits**: ``"pretrain"`` (what the demo's tiny models are pretrained on), ``"train"``
   (what unlearning trains on), ``"test"`` (held out: zero-shot and retrieval) and ``"val"``
   use different seeds derived from ``seed``, so every split holds different images.
+* **Captions**: ``captions="instance"`` (default) gives every image its instance caption;
+  ``"varied"`` phrases each through a seeded template, about the instance or the class
+  (``"a picture of a small red circle"``, ``"an image of a red circle"``): what the demo
+  unlearns on, so the retain alignment covers the phrasings zero-shot prompts use.
 * **Items** follow ``hypkern.data`` (``DemoShapes`` is a ``PairDataset``):
   ``{"image", "caption", "label" (class name), "target" (class index), "index"}``;
   ``targets`` (int64) and ``sizes`` (0 small, 1 large) hold every item's class index and size.
@@ -147,7 +151,10 @@ class DemoShapes(PairDataset):
     classnames = list(CLASSNAMES)
     templates = list(TEMPLATES)
 
-    def __init__(self, split: str = "train", seed: int = 0, n_per_class: int = 40, transform=None):
+    def __init__(self, split: str = "train", seed: int = 0, n_per_class: int = 40, transform=None,
+                 captions: str = "instance"):
+        if captions not in ("instance", "varied"):
+            raise ValueError(f"captions must be 'instance' or 'varied', got {captions!r}")
         if split not in _SPLIT_OFFSET:
             raise ValueError(f"split must be one of {tuple(_SPLIT_OFFSET)}, got {split!r}")
         if n_per_class < 1:
@@ -165,6 +172,12 @@ class DemoShapes(PairDataset):
         self.images = _draw(n, self.targets, self.sizes, g)
         self.labels = [class_name(int(t)) for t in self.targets]
         self.captions = [f"a {SIZES[int(s)]} {name}" for name, s in zip(self.labels, self.sizes)]
+        if captions == "varied":
+            # Each caption phrased by a seeded template, about the class or the sized instance.
+            forms = torch.randint(0, 2 * len(TEMPLATES), (n,), generator=g).tolist()
+            self.captions = [
+                TEMPLATES[f // 2].format(name if f % 2 else f"{SIZES[int(s)]} {name}")
+                for f, name, s in zip(forms, self.labels, self.sizes)]
         self.parents = self._parents()
 
     @staticmethod
@@ -195,9 +208,10 @@ class DemoShapes(PairDataset):
         return torch.nonzero(keep)[:, 0].tolist()
 
 
-def load_demo(split: str = "train", seed: int = 0, n_per_class: int | None = None, transform=None) -> DemoShapes:
+def load_demo(split: str = "train", seed: int = 0, n_per_class: int | None = None, transform=None,
+              captions: str = "instance") -> DemoShapes:
     """The demo dataset split. Default size per class: 200 for ``"pretrain"`` (4000 images),
     40 for ``"train"`` (800), 16 for ``"test"`` / ``"val"`` (320)."""
     if n_per_class is None:
         n_per_class = {"pretrain": 200, "train": 40}.get(split, 16)
-    return DemoShapes(split, seed=seed, n_per_class=n_per_class, transform=transform)
+    return DemoShapes(split, seed=seed, n_per_class=n_per_class, transform=transform, captions=captions)

@@ -72,7 +72,12 @@ def measure(model, data, concepts: Iterable = (), *, classnames: Sequence[str] |
         }
         sim = audits.class_similarity(model, feats, labels, classifier)
         img_dist = audits.per_class_mean(audits.origin_distance(model, feats), labels, len(classnames))
-        txt_dist = audits.origin_distance(model, classifier)
+        if model.geometry == "lorentz":  # the class's point: the lifted prompt ensemble
+            txt_dist = audits.origin_distance(model, classifier)
+        else:  # the classifier is unit-norm: report the raw prompt features' mean norm
+            prompts = [t.format(name) for name in classnames for t in templates]
+            raw = audits.origin_distance(model, encode_texts(model, prompts, device=device))
+            txt_dist = raw.reshape(len(classnames), len(templates)).mean(dim=1)
         levels = None
         if hierarchy:
             levels = {}
