@@ -1365,7 +1365,11 @@ def _cmd(args) -> int:
     suite = "quick" if args.quick else ("gpu" if device.startswith("cuda") else "full")
     tag = "cpu" if device == "cpu" else "gpu"
     out = args.out
-    what = set(args.what)
+    what = set(args.what or ["all"])
+    if what - {"all", "ops", "trainer"}:
+        print(f"hypkern bench: unknown {sorted(what - {'all', 'ops', 'trainer'})}; choose ops, trainer or all",
+              file=sys.stderr)
+        return 2
     rc = 0
     if what & {"ops", "all"}:
         only = args.only.split(",") if args.only else None
@@ -1393,7 +1397,7 @@ def _cmd(args) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", nargs="*", default=["all"], choices=["all", "ops", "trainer"],
+    p.add_argument("what", nargs="*", default=[], metavar="{ops,trainer,all}",
                    help="what to run: ops (ops and losses), trainer, or all (default)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke run)")
     p.add_argument("--out", default=os.path.join("benchmarks", "results"),

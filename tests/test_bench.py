@@ -183,3 +183,13 @@ def test_gpu_suite_dry_run_and_refusal_without_gpu(tmp_path):
     proc = subprocess.run(["bash", script, str(tmp_path / "real")], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode in (2, 3) and "FATAL" in proc.stdout + proc.stderr
+
+
+def test_cli_parses_what_to_run():
+    import argparse
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command")
+    bench.register(sub)
+    assert p.parse_args(["bench"]).what == []
+    assert p.parse_args(["bench", "ops", "trainer", "--quick"]).what == ["ops", "trainer"]
+    assert bench.main(["nonsense", "--quick"]) == 2
