@@ -37,8 +37,12 @@ CHILD = textwrap.dedent("""
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     out = tmp_path / "run"
+    # the child must import the very hypkern this process runs (installed or source tree), so
+    # both halves of the run use the same kernels
+    import hypkern
+    root = os.path.dirname(os.path.dirname(os.path.abspath(hypkern.__file__)))
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", CHILD.format(config=repr(CONFIG)), str(out)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
