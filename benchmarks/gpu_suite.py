@@ -30,7 +30,7 @@ ROOT = os.path.dirname(HERE)
 
 ROWWISE_OPS = ("dist", "exp_map0", "log_map0", "half_aperture", "oxy_angle")
 PAIRWISE_OPS = ("pairwise_inner", "pairwise_dist")
-GPU_IMPLS = ["reference", "triton", "native", "geoopt", "matmul", "chunked", "open_clip", "inf_cl"]
+GPU_IMPLS = ["reference", "triton", "native", "geoopt", "matmul", "copy", "chunked", "open_clip", "inf_cl"]
 #: One size per case on the GPU (large enough that launch overheads do not matter).
 GPU_SIZES = {
     "pairwise": [(16384, 16384, 512)],
