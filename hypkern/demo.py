@@ -20,18 +20,31 @@ import os
 import sys
 import time
 
-__all__ = ["register", "run_demo", "DEMO_UNLEARN", "QUICK_UNLEARN", "main"]
+__all__ = ["register", "run_demo", "unlearn_settings", "choose_concepts", "table", "DEMO_UNLEARN", "QUICK_UNLEARN", "main"]
 
-#: Unlearning settings of the demo per geometry (``hypkern.unlearn.UnlearnConfig`` fields);
-#: the tiny models were pretrained at lr 2e-3, so they unlearn at a larger lr than big ones.
+#: Unlearning settings of the demo per method (``hypkern.unlearn.UnlearnConfig`` fields). The
+#: tiny models were pretrained at lr 2e-3, so they unlearn at a larger lr than big models do.
 DEMO_UNLEARN = {
-    "hac": dict(steps=60, lr=3e-4, retain_batch_size=64, forget_batch_size=32),
-    "ac": dict(steps=60, lr=3e-4, retain_batch_size=64, forget_batch_size=32),
+    "hac": dict(steps=80, lr=7e-5, beta=0.5, retain_batch_size=128, forget_batch_size=32),
+    "ac": dict(steps=80, lr=7e-5, beta=0.5, retain_batch_size=128, forget_batch_size=32),
 }
+#: Extra forget examples per step for many concepts (the forget batch is split across them).
+FORGET_PER_CONCEPT = 6
 QUICK_UNLEARN = {
     "hac": dict(steps=10, lr=5e-4, retain_batch_size=32, forget_batch_size=16),
     "ac": dict(steps=10, lr=5e-4, retain_batch_size=32, forget_batch_size=16),
 }
+
+
+def unlearn_settings(method: str, n_concepts: int, quick: bool = False) -> dict:
+    """The demo's ``UnlearnConfig`` overrides for ``method`` and a number of concepts: the
+    forget batch grows to ``FORGET_PER_CONCEPT`` per concept so each is seen as often."""
+    cfg = dict((QUICK_UNLEARN if quick else DEMO_UNLEARN)[method])
+    if not quick:
+        cfg["forget_batch_size"] = max(cfg["forget_batch_size"], FORGET_PER_CONCEPT * n_concepts)
+    return cfg
+
+
 COUNTS = (1, 3, 10)
 QUICK_COUNTS = (1, 3)
 
@@ -137,15 +150,14 @@ def run_demo(out: str = "hypkern-demo", seed: int = 0, quick: bool = False, stri
     n_threads = _threads(threads)
     os.makedirs(out, exist_ok=True)
     counts = QUICK_COUNTS if quick else COUNTS
-    settings = QUICK_UNLEARN if quick else DEMO_UNLEARN
     concept_sets = choose_concepts(seed, counts)
     _log(f"hypkern demo: seed {seed}, {'quick, ' if quick else ''}{n_threads} CPU thread(s), output {out}/")
     test = demo_data.load_demo("test", seed=seed, n_per_class=8 if quick else None)
-    train = demo_data.load_demo("train", seed=seed, n_per_class=16 if quick else None)
+    train = demo_data.load_demo("train", seed=seed, n_per_class=16 if quick else None, captions="varied")
     _log(f"data: {len(demo_data.CLASSNAMES)} classes; unlearning on {len(train)} train pairs, "
          f"evaluating on {len(test)} held-out test pairs")
 
-    rows, runs, timings, hierarchy = [], {}, {}, {}
+    rows, runs, timings, hierarchy, settings = [], {}, {}, {}, {}
     for kind in models:
         method = "hac" if kind == "meru" else "ac"
         t0 = time.time()
@@ -165,8 +177,9 @@ def run_demo(out: str = "hypkern-demo", seed: int = 0, quick: bool = False, stri
             _log(f"{kind.upper()}: unlearning {n} concept(s) with {method.upper()}: {', '.join(concepts)}")
             model = copy.deepcopy(base)
             t1 = time.time()
+            settings[f"{kind}-{n}"] = unlearn_settings(method, n, quick)
             result = unlearn(model, concepts, data=train, method=method, eval=False, seed=seed,
-                             progress=progress, log=_log, **settings[method])
+                             progress=progress, log=_log, **settings[f"{kind}-{n}"])
             after = measure(result.model, test, concepts)
             row = _row(kind, method, concepts, base_metrics[n], after, time.time() - t1)
             rows.append(row)
