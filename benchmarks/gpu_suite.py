@@ -99,11 +99,11 @@ def step_ceilings(out: str) -> int:
     return 0
 
 
-def step_ops(out: str, dtype: str) -> int:
+def step_ops(out: str, dtype: str, deadline: float) -> int:
     bench = _bench()
     t0 = time.time()
     res = bench.run_benchmarks("gpu", "cuda", dtype, impls=GPU_IMPLS, isolate=False, sizes=GPU_SIZES,
-                               log=lambda m: print(m, flush=True))
+                               log=lambda m: print(m, flush=True), deadline_s=deadline)
     short = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(dtype, dtype)
     paths = bench.write_results(res, out, f"ops_gpu_{short}", f"hypkern GPU benchmarks ({dtype})")
     print(f"wrote {', '.join(paths.values())} in {time.time() - t0:.0f} s")
@@ -320,6 +320,8 @@ def main(argv=None) -> int:
     p.add_argument("out")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--deadline", type=float, default=75.0,
+                   help="ops: start no new op/loss after this many seconds (tables still written)")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     if a.step == "check":
@@ -327,7 +329,7 @@ def main(argv=None) -> int:
     if a.step == "ceilings":
         return step_ceilings(a.out)
     if a.step == "ops":
-        return step_ops(a.out, a.dtype)
+        return step_ops(a.out, a.dtype, a.deadline)
     if a.step == "losses":
         return step_losses(a.out, a.repeats)
     if a.step == "report":

@@ -105,12 +105,12 @@ fi
 # ---------------------------------------------------------------- tests, ceilings, benchmarks
 step tests 90 env HYPKERN_REQUIRE=triton,native "$PY" -m pytest -q -rs -p no:cacheprovider \
     -m "cuda or triton or native" --rootdir "$REPO" -c "$REPO/pyproject.toml" "$REPO/tests" || true
-step ceilings 25 "$PY" "$SUITE_PY" ceilings "$OUT" || true
-step ops 70 "$PY" "$SUITE_PY" ops "$OUT" --dtype bfloat16 || true
-step losses 100 "$PY" "$SUITE_PY" losses "$OUT" --repeats 2 || true
-step report 15 "$PY" "$SUITE_PY" report "$OUT" || true
+step ceilings 20 "$PY" "$SUITE_PY" ceilings "$OUT" || true
+step ops 90 "$PY" "$SUITE_PY" ops "$OUT" --dtype bfloat16 --deadline 60 || true
+step losses 90 "$PY" "$SUITE_PY" losses "$OUT" --repeats 2 || true
+step report 10 "$PY" "$SUITE_PY" report "$OUT" || true
 if [ $(( DEADLINE - $(date +%s) )) -gt 60 ]; then
-    step ops_fp32 45 "$PY" "$SUITE_PY" ops "$OUT" --dtype float32 || true
+    step ops_fp32 45 "$PY" "$SUITE_PY" ops "$OUT" --dtype float32 --deadline 30 || true
     "$PY" "$SUITE_PY" report "$OUT" > "$OUT/report_final.log" 2>&1 || true
 fi
 

@@ -833,11 +833,13 @@ TIMING = {
 
 def run_benchmarks(suite: str = "quick", device: str = "cpu", dtype: str = "float32",
                    only=None, impls=None, isolate: bool | None = None, group_timeout: float = 420.0,
-                   log=print, sizes: dict | None = None, threads: int | None = None) -> dict:
+                   log=print, sizes: dict | None = None, threads: int | None = None,
+                   deadline_s: float | None = None) -> dict:
     """Run a suite; returns ``{"machine", "ceilings", "rows", "settings"}`` with derived
     columns (speedup, GB/s, FLOP/s, memory ratio) filled in. ``threads``: torch CPU threads
     (default: torch's, i.e. the cores; 1 for the quick suite, whose tiny ops only measure
-    OpenMP barrier waits on a busy machine)."""
+    OpenMP barrier waits on a busy machine). ``deadline_s``: start no new op/loss after this
+    many seconds (its rows say so), so a time-boxed caller still gets the tables."""
     if threads is None and suite == "quick" and not device.startswith("cuda"):
         threads = 1
     if threads:
@@ -860,6 +862,10 @@ def run_benchmarks(suite: str = "quick", device: str = "cpu", dtype: str = "floa
         spec = {"kind": kind, "name": name, "impls": impl_sizes, "dtype": dtype, "device": device,
                 "timing": timing, "memory": True, "check": True, "threads": torch.get_num_threads()}
         t0 = time.time()
+        if deadline_s is not None and t0 - t_start > deadline_s:
+            rows += _failed_rows(spec, f"skipped: time budget of {deadline_s:.0f} s used up")
+            log(f"[bench] {i + 1}/{len(cases)} {kind} {name}: skipped (time budget)")
+            continue
         # CPU: one fresh worker process per op/loss (all its implementations, one after the
         # other, each size's memory measured from a trimmed heap and a reset high-water mark)
         got = _run_group_subprocess(spec, group_timeout) if isolate else _run_case(spec)
@@ -1026,7 +1032,7 @@ def markdown_table(result: dict, title: str = "Kernel benchmarks") -> str:
               "is that GB/s as a share of the measured copy rate, `%mm` the GFLOP/s as a share of the ",
               "measured matmul rate; `peak MiB` is the fwd+bwd call's peak memory above its inputs, ",
               "`mem/ref` its ratio to the reference's; `err` = max |out - ref64| / max(1, |ref64|).", ""]
-    targets = evaluate_targets(result)
+    targets = evaluate_targets(result) if result["settings"]["device"] == "cpu" else []
     if targets:
         lines += ["## Targets (issue 8, CPU)", ""]
         if result["settings"]["suite"] == "quick":
