@@ -14,12 +14,12 @@ batch without saving any loader state.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from ..data import names_concept, split_forget_retain
 from .objectives import _mix
 
 __all__ = ["ForgetRetain", "split_concepts", "StepSampler", "normalise_concepts", "concept_classes",
@@ -62,58 +62,19 @@ def normalise_concepts(concepts) -> list[str]:
     return out
 
 
-def _pattern(concept: str) -> re.Pattern:
-    words = [re.escape(w) for w in concept.lower().split()]
-    return re.compile(r"(?<![a-z0-9])" + r"\s+".join(words) + r"(?![a-z0-9])")
-
-
-def _names(concept: str, text: str) -> bool:
-    return bool(_pattern(concept).search(text.lower()))
-
-
-def _captions_and_labels(dataset):
-    captions = getattr(dataset, "captions", None)
-    labels = getattr(dataset, "labels", None)
-    if captions is None or labels is None:
-        items = [dataset[i] for i in range(len(dataset))]
-        captions = [it["caption"] for it in items] if captions is None else captions
-        labels = [it.get("label") for it in items] if labels is None else labels
-    labels = [None if l is None else int(l) for l in (labels.tolist() if torch.is_tensor(labels) else labels)]
-    return list(captions), labels
-
-
 def split_concepts(dataset, concepts: Sequence[str], source: str = "") -> ForgetRetain:
     """Forget/retain split: a pair is *forget* for concept ``c`` when its caption or its class
-    name (``dataset.classnames[label]``) names ``c`` (whole words, case-insensitive). Uses
-    ``hypkern.data.split_forget_retain`` when it exists; errors name unknown concepts."""
+    name (``dataset.classnames[label]``) names ``c`` — the rule of
+    ``hypkern.data.split_forget_retain`` (whole words, case-insensitive, plurals); errors name
+    unknown concepts."""
     if len(dataset) == 0:
         raise DataError(f"the dataset{' (' + source + ')' if source else ''} is empty: nothing to unlearn from")
-    split = None
     try:
-        from ..data import split_forget_retain  # the data package's rule, when present
-    except ImportError:
-        split_forget_retain = None
-    if split_forget_retain is not None:
-        try:
-            split = split_forget_retain(dataset, list(concepts))
-        except (KeyError, ValueError) as exc:
-            raise DataError(f"{exc}" + _pass_data_hint(source)) from exc
-        forget = {c: sorted(int(i) for i in split.forget.get(c, [])) for c in concepts}
-        retain = sorted(int(i) for i in split.retain)
-    else:
-        captions, labels = _captions_and_labels(dataset)
-        classnames = getattr(dataset, "classnames", None)
-        forget = {c: [] for c in concepts}
-        retain = []
-        for i, (cap, lab) in enumerate(zip(captions, labels)):
-            hit = False
-            for c in concepts:
-                cls = classnames[lab] if classnames is not None and lab is not None else ""
-                if _names(c, cap) or (cls and _names(c, cls)):
-                    forget[c].append(i)
-                    hit = True
-            if not hit:
-                retain.append(i)
+        split = split_forget_retain(dataset, list(concepts), allow_missing=True)
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"{exc}" + _pass_data_hint(source)) from exc
+    forget = {c: sorted(int(i) for i in split.forget.get(c, [])) for c in concepts}
+    retain = sorted(int(i) for i in split.retain)
     missing = [c for c in concepts if not forget[c]]
     if missing:
         known = getattr(dataset, "classnames", None)
@@ -134,7 +95,7 @@ def _pass_data_hint(source: str) -> str:
 
 def concept_classes(classnames: Sequence[str], concepts: Sequence[str]) -> dict[str, list[int]]:
     """Class indices each concept names (class name contains the concept's words)."""
-    return {c: [k for k, name in enumerate(classnames) if _names(c, name)] for c in concepts}
+    return {c: [k for k, name in enumerate(classnames) if names_concept(name, c)] for c in concepts}
 
 
 @functools.lru_cache(maxsize=64)
