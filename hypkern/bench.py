@@ -72,7 +72,6 @@ import argparse
 import contextlib
 import ctypes
 import csv
-import dataclasses
 import datetime as _dt
 import gc
 import json
@@ -84,7 +83,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch

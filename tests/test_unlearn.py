@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from hypkern.unlearn import ConfigError, DataError, UnlearnConfig, unlearn
 from hypkern.unlearn.data import StepSampler, split_concepts
 from hypkern.unlearn.objectives import StepEmbeddings, entailment_calibration, unlearning_loss
 from hypkern.unlearn.params import select_trainable
-from hypkern.unlearn.toy import TOY_CLASSES, pretrain, toy_model, toy_pairs
+from hypkern.unlearn.toy import pretrain, toy_model, toy_pairs
 from hypkern.lorentz import ops, reference as R
 
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 __all__ = ["UnlearnConfig", "ConfigError", "METHODS", "TRAINABLE", "OPTIMIZERS", "SCHEDULES",

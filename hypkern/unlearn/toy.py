@@ -4,7 +4,6 @@ distributed test spawns. Seconds on a CPU.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
