@@ -26,7 +26,10 @@ def _backends_command(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hypkern", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="hypkern",
+        description="Fast, exact Lorentz-model kernels and concept unlearning for MERU and CLIP. "
+                    "Start with `hypkern demo`.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:
