@@ -495,6 +495,8 @@ def build_impl(impl: str, case: Case, inputs: list[torch.Tensor]) -> Built:
             f = torch.compile(getattr(R, case.name))
             return Built(lambda *t: f(*t, CURV, *extra), args)
         if impl in ("triton", "native"):
+            if impl == "triton" and device != "cuda":
+                raise _Skip("the Triton kernels run on CUDA here (never benchmark the interpreter)")
             ok, why = _kernel_backend_ok(impl, device)
             if not ok:
                 raise _Skip(why)

@@ -43,8 +43,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(hypkern.__file__)))
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path, before PYTHONPATH
     proc = subprocess.run([sys.executable, "-c", CHILD.format(config=repr(CONFIG)), str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert latest["step"] == 4  # killed after step 5, before the step-6 checkpoint
