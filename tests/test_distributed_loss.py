@@ -57,11 +57,13 @@ def _worker(rank: int, port: int, out_dir: str):
         if os.environ.get("TRITON_INTERPRET") == "1":  # the Triton kernels behind the same hooks
             _check(rank, "lorentz", "targets", True, "triton")
             _check(rank, "cosine", "diag", False, "triton")
-        dist.destroy_process_group()
         open(os.path.join(out_dir, f"ok{rank}"), "w").close()
     except Exception:  # report to the parent, which fails the test
         with open(os.path.join(out_dir, f"err{rank}"), "w") as f:
             f.write(traceback.format_exc())
+    finally:  # a process that exits with gloo's threads alive aborts and hides the error
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _check(rank, kind, case, grad_world_scale, backend):
@@ -102,8 +104,12 @@ def _check(rank, kind, case, grad_world_scale, backend):
 @pytest.mark.distributed
 def test_distributed_loss_matches_single_process(tmp_path):
     port = _free_port()
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
-    errors = [p.read_text() for p in sorted(tmp_path.glob("err*"))]
+    try:
+        mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    finally:  # whatever happened, show what each rank reported
+        errors = [p.read_text() for p in sorted(tmp_path.glob("err*"))]
+        if errors:
+            print("\n".join(errors))
     assert not errors, "\n".join(errors)
     assert sorted(p.name for p in tmp_path.glob("ok*")) == [f"ok{r}" for r in range(WORLD)]
 
