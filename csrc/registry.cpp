@@ -36,6 +36,10 @@ TORCH_LIBRARY(hypkern_native, m) {
   m.def("log_map0_bwd(Tensor grad, Tensor x, Tensor curv) -> (Tensor, Tensor)");
   m.def("half_aperture_fwd(Tensor x, Tensor curv, float min_radius) -> Tensor");
   m.def("half_aperture_bwd(Tensor grad, Tensor x, Tensor curv, float min_radius) -> (Tensor, Tensor)");
+  // Fused entailment / calibration rows (hypkern.losses backend "native"): loss, and with
+  // need_grad the per-row gradients w.r.t. text, image and curv, in the compute dtype.
+  m.def("entailment_fwd_bwd(Tensor text, Tensor image, Tensor curv, float min_radius, float sign, "
+        "float margin, bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("constants() -> float[]", &constants);
 }
 

@@ -18,6 +18,9 @@ half-precision inputs give a float32 loss.
 
 Entailment (MERU): ``mean(relu(oxy_angle(text, image) - half_aperture(text)))``; calibration
 (the forget side of HAC): ``mean(relu(half_aperture(text) - oxy_angle(text, image) + margin))``.
+These two also have the backend ``"native"`` (the fused C++/CUDA op
+``hypkern_native::entailment_fwd_bwd`` of ``csrc/``), their default on CPU when the native CPU
+extension is built; the contrastive losses have no native backend.
 """
 from __future__ import annotations
 
@@ -37,10 +40,15 @@ __all__ = [
     "entailment_calibration_loss",
     "ContrastiveLoss",
     "LOSS_BACKENDS",
+    "CONTRASTIVE_BACKENDS",
+    "ENTAILMENT_BACKENDS",
     "resolve_loss_backend",
 ]
 
-LOSS_BACKENDS = ("reference", "chunked", "triton")
+LOSS_BACKENDS = ("reference", "chunked", "triton", "native")
+# Backends per loss family: the contrastive losses have no native kernel.
+CONTRASTIVE_BACKENDS = ("reference", "chunked", "triton")
+ENTAILMENT_BACKENDS = LOSS_BACKENDS
 
 
 # ----------------------------------------------------------------------------- backends
@@ -61,20 +69,39 @@ def _triton_supports(device: torch.device) -> tuple[bool, str]:
     return module.supports(device)
 
 
-def resolve_loss_backend(backend: str | None, device: torch.device) -> str:
+def _native_supports(device: torch.device) -> tuple[bool, str]:
+    from .lorentz import native
+    return native.supports(device)
+
+
+def resolve_loss_backend(backend: str | None, device: torch.device, kind: str = "contrastive") -> str:
     """The loss backend: ``backend`` if given (checked), else ``$HYPKERN_LOSS_BACKEND``, else
-    triton on CUDA when usable, else chunked."""
+    triton on CUDA when usable, else (``kind="entailment"`` on CPU) native when built, else
+    chunked. ``kind`` is ``"contrastive"`` (backends :data:`CONTRASTIVE_BACKENDS`) or
+    ``"entailment"`` (:data:`ENTAILMENT_BACKENDS`, which adds ``"native"``)."""
+    if kind not in ("contrastive", "entailment"):
+        raise ValueError(f"kind must be 'contrastive' or 'entailment', got {kind!r}")
+    allowed = ENTAILMENT_BACKENDS if kind == "entailment" else CONTRASTIVE_BACKENDS
     backend = backend or os.environ.get("HYPKERN_LOSS_BACKEND") or None
     if backend is None:
         if device.type == "cuda" and _triton_supports(device)[0]:
             return "triton"
+        if kind == "entailment" and device.type == "cpu" and _native_supports(device)[0]:
+            return "native"
         return "chunked"
-    if backend not in LOSS_BACKENDS:
-        raise ValueError(f"backend must be one of {LOSS_BACKENDS} or None, got {backend!r}")
+    if backend not in allowed:
+        if backend in LOSS_BACKENDS:
+            raise ValueError(f"the {kind} losses have no backend {backend!r}; "
+                             f"backend must be one of {allowed} or None")
+        raise ValueError(f"backend must be one of {allowed} or None, got {backend!r}")
     if backend == "triton":
         ok, why = _triton_supports(device)
         if not ok:
             raise RuntimeError(f"backend 'triton' cannot run on {device.type}: {why}")
+    if backend == "native":
+        ok, why = _native_supports(device)
+        if not ok:
+            raise RuntimeError(f"backend 'native' cannot run on {device.type}: {why}")
     return backend
 
 
@@ -280,7 +307,7 @@ def _entailment(text, image, curv, min_radius, sign, margin, backend):
     radius = _check_min_radius(min_radius)
     if text.shape[0] == 0:
         raise ValueError("the entailment loss needs at least one pair")
-    chosen = resolve_loss_backend(backend, text.device)
+    chosen = resolve_loss_backend(backend, text.device, kind="entailment")
     cd = compute_dtype(text.dtype)
     if chosen == "reference":
         angle = reference.oxy_angle(text, image, c).to(cd)
@@ -291,9 +318,34 @@ def _entailment(text, image, curv, min_radius, sign, margin, backend):
         if module is None:
             raise RuntimeError(f"backend 'triton' is not available: {why}")
         rows = module.triton_entailment_rows(text, image, c, radius, sign, margin)
+    elif chosen == "native":
+        rows = _NativeEntailment.apply(text, image, c.to(cd), radius, sign, margin)
     else:
         rows = chunked.EntailmentRows.apply(text.to(cd), image.to(cd), c, radius, sign, margin)
     return rows.mean()
+
+
+class _NativeEntailment(torch.autograd.Function):
+    """Per-row entailment / calibration losses from the fused native op
+    ``hypkern_native::entailment_fwd_bwd`` (loss and gradient in one pass, compute dtype);
+    backward only scales the saved gradient rows by the upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, x, y, c, min_radius, sign, margin):
+        need = any(t.requires_grad for t in (x, y, c))
+        from .lorentz import native
+        loss, gx, gy, gc = native.entailment_fwd_bwd(x, y, c.detach(), min_radius, sign, margin, need)
+        if need:
+            ctx.save_for_backward(gx, gy, gc)
+            ctx.dtypes = (x.dtype, y.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        gx, gy, gc = ctx.saved_tensors
+        grad = grad.to(gx.dtype)
+        return ((grad[:, None] * gx).to(ctx.dtypes[0]), (grad[:, None] * gy).to(ctx.dtypes[1]),
+                (grad * gc).sum(), None, None, None)
 
 
 def entailment_loss(text: torch.Tensor, image: torch.Tensor, curv, min_radius: float = 0.1, *,

@@ -428,3 +428,184 @@ def test_cuda_opcheck(op):
     out = fwd(*xs, c, *extra)
     torch.library.opcheck(fwd, (*xs, c, *extra))
     torch.library.opcheck(getattr(torch.ops.hypkern_native, f"{op}_bwd"), (torch.randn_like(out), *xs, c, *extra))
+
+
+# ----------------------------------------------------------------------------- entailment loss
+# hypkern.losses backend "native": the fused op hypkern_native::entailment_fwd_bwd (loss and
+# gradient rows in one pass) vs the float64 reference composition.
+
+import torch.nn.functional as F  # noqa: E402
+
+from hypkern import losses as HL  # noqa: E402
+from hypkern.lorentz import reference as R  # noqa: E402
+
+_ENT_CASES = [("entailment", 0.0), ("calibration", 0.05), ("calibration", 1.5)]
+
+
+def _ent_inputs(dtype=torch.float64, n=48, d=7):
+    """Half the rows random (images mostly outside the text's cone), half with the image just
+    beyond the text (inside the cone), so both relu branches of both losses are exercised."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.9
+    y = torch.randn(n, d, generator=g, dtype=torch.float64) * 1.1
+    h = n // 2
+    x[:h] *= 0.3  # short texts: wide cones
+    y[:h] = x[:h] * 1.6 + 0.02 * torch.randn(h, d, generator=g, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+def _ent_loss(fn, x, y, c, margin, backend):
+    if fn == "entailment":
+        return HL.entailment_loss(x, y, c, backend=backend)
+    return HL.entailment_calibration_loss(x, y, c, margin, backend=backend)
+
+
+def _ent_reference(fn, x, y, c, margin):
+    """float64 value and gradients (x, y, c) of the reference composition."""
+    x64 = x.detach().double().requires_grad_(True)
+    y64 = y.detach().double().requires_grad_(True)
+    c64 = torch.tensor(float(c), dtype=torch.float64, requires_grad=True)
+    if fn == "entailment":
+        loss = R.entailment_loss(x64, y64, c64, 0.1)
+    else:
+        loss = F.relu(R.half_aperture(x64, c64, 0.1) - R.oxy_angle(x64, y64, c64) + margin).mean()
+    return loss.detach(), torch.autograd.grad(loss, [x64, y64, c64])
+
+
+def _ent_native(fn, x, y, c, margin):
+    xs = x.detach().clone().requires_grad_(True)
+    ys = y.detach().clone().requires_grad_(True)
+    cs = torch.tensor(float(c), dtype=torch.float64, requires_grad=True)
+    loss = _ent_loss(fn, xs, ys, cs, margin, "native")
+    return loss.detach(), torch.autograd.grad(loss, [xs, ys, cs])
+
+
+@pytest.mark.parametrize("fn,margin", _ENT_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("curv", [0.3, 1.0, 2.5])
+def test_entailment_native_matches_reference(fn, margin, dtype, curv):
+    x, y = _ent_inputs(dtype)
+    want, wgrads = _ent_reference(fn, x, y, curv, margin)
+    got, grads = _ent_native(fn, x, y, curv, margin)
+    assert got.dtype == dtype and all(g.dtype == t.dtype for g, t in zip(grads[:2], (x, y)))
+    assert float(want) > 0, "inputs must make the loss active"
+    tol = dict(atol=1e-10, rtol=1e-9) if dtype == torch.float64 else dict(atol=2e-5, rtol=2e-4)
+    torch.testing.assert_close(got.double(), want, **tol, msg=f"{fn} value")
+    for name, a, b in zip(("text", "image", "curv"), grads, wgrads):
+        torch.testing.assert_close(a.double(), b, atol=tol["atol"] * max(1.0, float(b.abs().max())),
+                                   rtol=tol["rtol"], msg=f"{fn} d/d{name}")
+
+
+@pytest.mark.parametrize("fn,margin", _ENT_CASES)
+def test_entailment_native_matches_chunked(fn, margin):
+    x, y = _ent_inputs(torch.float64)
+    got, grads = _ent_native(fn, x, y, 0.8, margin)
+    xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    cs = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    want = _ent_loss(fn, xs, ys, cs, margin, "chunked")
+    wgrads = torch.autograd.grad(want, [xs, ys, cs])
+    torch.testing.assert_close(got, want.detach(), atol=1e-12, rtol=1e-10)
+    for a, b in zip(grads, wgrads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize("fn,margin", [("entailment", 0.0), ("calibration", 1.0)])
+def test_entailment_native_gradcheck_float64(fn, margin):
+    x, y = _ent_inputs(torch.float64, n=10, d=5)
+    x, y = x.requires_grad_(True), y.requires_grad_(True)
+    c = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y, c: _ent_loss(fn, x, y, c, margin, "native"), (x, y, c))
+
+
+def _ent_hard_inputs(dtype):
+    # x = 0, x = y, tiny and huge norms (conftest.hard_inputs), both orders.
+    x, y = hard_inputs("oxy_angle", d=8, dtype=torch.float64)
+    x, y = torch.cat([x, y]), torch.cat([y, x])
+    return x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize("fn,margin", _ENT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_entailment_native_hard_inputs_finite(fn, margin, dtype):
+    """Finite loss and gradients wherever the exact gradient (float64 reference on the same,
+    rounded inputs) is representable in ``dtype``: in fp16, x = y exactly (x * (1 + 1e-6)
+    rounds to x) has a reference gradient of ~1e6, beyond fp16's range."""
+    x, y = _ent_hard_inputs(dtype)
+    got, grads = _ent_native(fn, x, y, 0.8, margin)
+    _, wgrads = _ent_reference(fn, x, y, 0.8, margin)
+    assert torch.isfinite(got)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for g, w in zip(grads, wgrads):
+        ok = w.abs() < torch.finfo(g.dtype).max / 2
+        assert ok.float().mean() > 0.5
+        assert torch.isfinite(g[ok]).all(), f"{fn} {dtype}: non-finite gradient {g}"
+    assert grads[0].dtype == dtype and grads[1].dtype == dtype
+
+
+@pytest.mark.parametrize("fn,margin", _ENT_CASES)
+def test_entailment_native_hard_inputs_fp64_match_reference(fn, margin):
+    x, y = _ent_hard_inputs(torch.float64)
+    want, wgrads = _ent_reference(fn, x, y, 0.8, margin)
+    got, grads = _ent_native(fn, x, y, 0.8, margin)
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
+    for a, b in zip(grads, wgrads):  # gradients up to ~1e4 at norms of 1e4: relative to the largest
+        torch.testing.assert_close(a, b, atol=max(1e-12, 1e-10 * float(b.abs().max())), rtol=1e-9)
+
+
+def test_entailment_native_op_rows_and_no_grad():
+    x, y = _ent_inputs(torch.float64, n=12, d=4)
+    c = torch.tensor(0.8, dtype=torch.float64)
+    loss, gx, gy, gc = native.entailment_fwd_bwd(x, y, c, 0.1, 1.0, 0.0, True)
+    assert loss.shape == (12,) and gx.shape == (12, 4) and gy.shape == (12, 4) and gc.shape == (12,)
+    ref = F.relu(R.oxy_angle(x, y, c) - R.half_aperture(x, c, 0.1))
+    torch.testing.assert_close(loss, ref, atol=1e-12, rtol=1e-10)
+    loss2, gx2, gy2, gc2 = native.entailment_fwd_bwd(x, y, c, 0.1, 1.0, 0.0, False)
+    assert torch.equal(loss, loss2) and gx2.numel() == gy2.numel() == gc2.numel() == 0
+    # the loss without any input requiring grad skips the gradient sweep and still agrees
+    torch.testing.assert_close(HL.entailment_loss(x, y, 0.8, backend="native"), ref.mean())
+    with pytest.raises(RuntimeError, match="sign"):
+        native.entailment_fwd_bwd(x, y, c, 0.1, 0.5, 0.0, True)
+    with pytest.raises(RuntimeError, match="min_radius"):
+        native.entailment_fwd_bwd(x, y, c, -0.1, 1.0, 0.0, True)
+
+
+@pytest.mark.parametrize("need_grad", [True, False])
+def test_entailment_native_opcheck(need_grad):
+    x, y = _ent_inputs(torch.float32, n=6, d=5)
+    torch.library.opcheck(torch.ops.hypkern_native.entailment_fwd_bwd,
+                          (x, y, torch.tensor(0.8), 0.1, -1.0, 0.2, need_grad))
+
+
+def test_entailment_native_is_default_cpu_backend(monkeypatch):
+    monkeypatch.delenv("HYPKERN_LOSS_BACKEND", raising=False)
+    cpu = torch.device("cpu")
+    assert HL.resolve_loss_backend(None, cpu, kind="entailment") == "native"
+    assert HL.resolve_loss_backend(None, cpu) == "chunked"  # contrastive: unchanged
+    x, y = _ent_inputs(torch.float64, n=8, d=4)
+    torch.testing.assert_close(HL.entailment_loss(x, y, 0.8), HL.entailment_loss(x, y, 0.8, backend="native"),
+                               rtol=0, atol=0)
+    assert "native" in HL.ENTAILMENT_BACKENDS and "native" not in HL.CONTRASTIVE_BACKENDS
+
+
+def test_contrastive_losses_reject_native_backend():
+    x, y = _ent_inputs(torch.float64, n=8, d=4)
+    with pytest.raises(ValueError, match=r"no backend 'native'.*'reference', 'chunked', 'triton'"):
+        HL.lorentz_contrastive_loss(x, y, 2.0, 1.0, backend="native")
+    with pytest.raises(ValueError, match=r"no backend 'native'.*'reference', 'chunked', 'triton'"):
+        HL.clip_contrastive_loss(x, y, 2.0, backend="native")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("fn,margin", _ENT_CASES)
+def test_entailment_cuda_matches_cpu_fp64(fn, margin):
+    _cuda_ready()
+    x, y = _ent_inputs(torch.float64, n=45, d=70)
+    cpu_loss, cpu_grads = _ent_native(fn, x, y, 0.8, margin)
+    xs, ys = x.cuda().requires_grad_(True), y.cuda().requires_grad_(True)
+    cs = torch.tensor(0.8, dtype=torch.float64, device="cuda", requires_grad=True)
+    loss = _ent_loss(fn, xs, ys, cs, margin, "native")
+    grads = torch.autograd.grad(loss, [xs, ys, cs])
+    torch.testing.assert_close(loss.cpu(), cpu_loss, rtol=1e-10, atol=1e-11)
+    for g, c in zip(grads, cpu_grads):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-9, atol=1e-10 * _scale(c))

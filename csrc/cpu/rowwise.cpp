@@ -1,4 +1,5 @@
-// CPU kernels of the row-wise ops: dist, oxy_angle, exp_map0, log_map0, half_aperture.
+// CPU kernels of the row-wise ops: dist, oxy_angle, exp_map0, log_map0, half_aperture, and
+// the fused entailment loss rows.
 //
 // at::parallel_for over rows; per row one pass gathers the scalars (|x|^2, |y|^2, x.y, ...)
 // in the compute dtype (fp32 for fp16/bf16/fp32, fp64 for fp64), hk_math.h turns them into
@@ -277,6 +278,73 @@ std::tuple<at::Tensor, at::Tensor> half_aperture_bwd(const at::Tensor& grad, con
   return {dx, at::scalar_tensor(sum_f64(dcs), curv.options())};
 }
 
+// ---------------------------------------------------------------------------- entailment
+// Fused entailment (sign = +1, margin = 0) or calibration (sign = -1, margin >= 0) rows:
+// loss_i = relu(sign (oxy_angle(x_i, y_i) - half_aperture(x_i)) + margin) and, when need_grad,
+// its gradient for a unit upstream gradient per row, from one gather of the row scalars
+// (a, b, e, f) and one write sweep. The gradient is oxy_angle_bwd with g = sign act plus
+// half_aperture_bwd with g = -sign act (act = [value > 0], relu's gradient), so the clipping
+// follows the reference's autograd exactly. Outputs in the compute dtype: loss (N,),
+// gx (N, D), gy (N, D), gc (N,) (per-row curvature gradients; empty tensors without need_grad).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entailment_fwd_bwd(
+    const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& curv, double min_radius, double sign,
+    double margin, bool need_grad) {
+  check_pair(x_in, y_in, true);
+  check_curv(curv, x_in);
+  TORCH_CHECK(min_radius > 0, "hypkern_native: min_radius must be > 0");
+  TORCH_CHECK(sign == 1.0 || sign == -1.0, "hypkern_native: sign must be +1 or -1, got ", sign);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  const auto opts = x.options().dtype(compute_dtype(x.scalar_type()));
+  at::Tensor loss = at::empty({N}, opts);
+  at::Tensor gx = at::empty({need_grad ? N : 0, D}, opts), gy = at::empty({need_grad ? N : 0, D}, opts);
+  at::Tensor gc = at::empty({need_grad ? N : 0}, opts);
+  const double cval = curv.item<double>();
+  dispatch_all(x.scalar_type(), [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using T = at::opmath_type<scalar_t>;
+    const T c = static_cast<T>(cval), K = static_cast<T>(min_radius);
+    const T sg = static_cast<T>(sign), mg = static_cast<T>(margin);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    T* lp = loss.mutable_data_ptr<T>();
+    T* gxp = need_grad ? gx.mutable_data_ptr<T>() : nullptr;
+    T* gyp = need_grad ? gy.mutable_data_ptr<T>() : nullptr;
+    T* gcp = need_grad ? gc.mutable_data_ptr<T>() : nullptr;
+    for_rows(N, D, [&](int64_t i) {
+      const scalar_t* xr = xp + i * D;
+      const scalar_t* yr = yp + i * D;
+      T a = 0, b = 0, e = 0, f = 0;
+#pragma omp simd reduction(+ : a, b, e, f)
+      for (int64_t k = 0; k < D; ++k) {
+        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
+        const T dv = xv - yv;
+        a += xv * xv;
+        b += yv * yv;
+        e += dv * dv;
+        f += dv * (xv + yv);
+      }
+      const T val = sg * (hk::oxy_angle_fwd(a, b, e, f, c) - hk::half_aperture_fwd(a, c, K)) + mg;
+      lp[i] = val > T(0) ? val : T(0);
+      if (!need_grad) return;
+      const T act = val > T(0) ? sg : T(0);
+      T cdiff, cx, cy, dc, hx, hc;
+      hk::oxy_angle_bwd(act, a, b, e, f, c, cdiff, cx, cy, dc);
+      hk::half_aperture_bwd(-act, a, c, K, hx, hc);
+      cx += hx;
+      gcp[i] = dc + hc;
+#pragma omp simd
+      for (int64_t k = 0; k < D; ++k) {
+        const T xv = static_cast<T>(xr[k]), yv = static_cast<T>(yr[k]);
+        const T dv = xv - yv;
+        gxp[i * D + k] = cdiff * dv + cx * xv;
+        gyp[i * D + k] = cy * yv - cdiff * dv;
+      }
+    });
+  });
+  return {loss, gx, gy, gc};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hypkern_native, CPU, m) {
@@ -290,6 +358,7 @@ TORCH_LIBRARY_IMPL(hypkern_native, CPU, m) {
   m.impl("log_map0_bwd", &map_bwd<true>);
   m.impl("half_aperture_fwd", &half_aperture_fwd);
   m.impl("half_aperture_bwd", &half_aperture_bwd);
+  m.impl("entailment_fwd_bwd", &entailment_fwd_bwd);
 }
 
 }  // namespace cpu

@@ -21,6 +21,7 @@ TORCH_LIBRARY_IMPL(hypkern_native, CUDA, m) {
   m.impl("log_map0_bwd", &hk::cuda::log_map0_bwd);
   m.impl("half_aperture_fwd", &hk::cuda::half_aperture_fwd);
   m.impl("half_aperture_bwd", &hk::cuda::half_aperture_bwd);
+  m.impl("entailment_fwd_bwd", &hk::cuda::entailment_fwd_bwd);
 }
 
 static struct PyModuleDef hk_cuda_module = {PyModuleDef_HEAD_INIT, "_C_cuda",

@@ -1,4 +1,5 @@
-// CUDA kernels of the row-wise ops: dist, oxy_angle, exp_map0, log_map0, half_aperture.
+// CUDA kernels of the row-wise ops: dist, oxy_angle, exp_map0, log_map0, half_aperture, and
+// the fused entailment loss rows.
 //
 // One warp per row, 8 rows per 256-thread block: the lanes stride over D gathering the row's
 // scalars (|x|^2, |y|^2, x.y, |x-y|^2, (x-y).(x+y), grad.v) in fp32 (fp64 for fp64 inputs),
@@ -125,6 +126,50 @@ __global__ void half_aperture_kernel(const S* __restrict__ x, const S* __restric
   hk::half_aperture_bwd(ld(grad + row), a, c, K, cx, dc);
   if (lane == 0) dcs[row] = dc;
   for (int64_t k = lane; k < D; k += 32) out[row * D + k] = static_cast<S>(cx * ld(xr + k));
+}
+
+// ---------------------------------------------------------------------------- entailment
+// Fused entailment / calibration rows (see csrc/cpu/rowwise.cpp): one gather of (a, b, e, f),
+// the loss, and with need_grad (gx != nullptr) the unit-upstream gradient rows, all in the
+// compute dtype T.
+template <typename S>
+__global__ void entailment_kernel(const S* __restrict__ x, const S* __restrict__ y, const acc_t<S>* __restrict__ curv,
+                                  acc_t<S> K, acc_t<S> sg, acc_t<S> mg, acc_t<S>* __restrict__ loss,
+                                  acc_t<S>* __restrict__ gx, acc_t<S>* __restrict__ gy, acc_t<S>* __restrict__ gc,
+                                  int64_t N, int64_t D) {
+  using T = acc_t<S>;
+  const int64_t row = warp_row();
+  if (row >= N) return;
+  const int lane = threadIdx.x & 31;
+  const S* xr = x + row * D;
+  const S* yr = y + row * D;
+  T a = 0, b = 0, e = 0, f = 0;
+  for (int64_t k = lane; k < D; k += 32) {
+    const T xv = ld(xr + k), yv = ld(yr + k), dv = xv - yv;
+    a += xv * xv;
+    b += yv * yv;
+    e += dv * dv;
+    f += dv * (xv + yv);
+  }
+  a = warp_sum(a);
+  b = warp_sum(b);
+  e = warp_sum(e);
+  f = warp_sum(f);
+  const T c = *curv;
+  const T val = sg * (hk::oxy_angle_fwd(a, b, e, f, c) - hk::half_aperture_fwd(a, c, K)) + mg;
+  if (lane == 0) loss[row] = val > T(0) ? val : T(0);
+  if (gx == nullptr) return;
+  const T act = val > T(0) ? sg : T(0);
+  T cdiff, cx, cy, dc, hx, hc;
+  hk::oxy_angle_bwd(act, a, b, e, f, c, cdiff, cx, cy, dc);
+  hk::half_aperture_bwd(-act, a, c, K, hx, hc);
+  cx += hx;
+  if (lane == 0) gc[row] = dc + hc;
+  for (int64_t k = lane; k < D; k += 32) {
+    const T xv = ld(xr + k), yv = ld(yr + k), dv = xv - yv;
+    gx[row * D + k] = cdiff * dv + cx * xv;
+    gy[row * D + k] = cy * yv - cdiff * dv;
+  }
 }
 
 // ---------------------------------------------------------------------------- host side
@@ -296,6 +341,31 @@ Grads2 half_aperture_bwd(const Tensor& grad_in, const Tensor& x_in, const Tensor
     });
   }
   return {dx, curv_grad(dcs, curv_in)};
+}
+
+Ent4 entailment_fwd_bwd(const Tensor& x_in, const Tensor& y_in, const Tensor& curv_in, double min_radius, double sign,
+                        double margin, bool need_grad) {
+  TORCH_CHECK(min_radius > 0, "hypkern_native: min_radius must be > 0");
+  TORCH_CHECK(sign == 1.0 || sign == -1.0, "hypkern_native: sign must be +1 or -1, got ", sign);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Prep p = prep(x_in, &y_in, curv_in);
+  const int64_t N = p.x.size(0), D = p.x.size(1);
+  const auto opts = p.curv.options();  // the compute dtype on the inputs' device
+  Tensor loss = at::empty({N}, opts);
+  Tensor gx = at::empty({need_grad ? N : 0, D}, opts), gy = at::empty({need_grad ? N : 0, D}, opts);
+  Tensor gc = at::empty({need_grad ? N : 0}, opts);
+  if (N == 0) return {loss, gx, gy, gc};
+  dispatch_all(p.x.scalar_type(), [&](auto tag) {
+    using S = decltype(tag);
+    using T = acc_t<S>;
+    entailment_kernel<S><<<row_grid(N), kThreads, 0, stream()>>>(
+        p.x.template const_data_ptr<S>(), p.y.template const_data_ptr<S>(), p.curv.template const_data_ptr<T>(),
+        static_cast<T>(min_radius), static_cast<T>(sign), static_cast<T>(margin), loss.template mutable_data_ptr<T>(),
+        need_grad ? gx.template mutable_data_ptr<T>() : nullptr, need_grad ? gy.template mutable_data_ptr<T>() : nullptr,
+        need_grad ? gc.template mutable_data_ptr<T>() : nullptr, N, D);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {loss, gx, gy, gc};
 }
 
 }  // namespace cuda

@@ -24,6 +24,7 @@ __all__ = [
     "pairwise_inner_fwd", "pairwise_inner_bwd", "pairwise_dist_fwd", "pairwise_dist_bwd",
     "dist_fwd", "dist_bwd", "exp_map0_fwd", "exp_map0_bwd", "log_map0_fwd", "log_map0_bwd",
     "half_aperture_fwd", "half_aperture_bwd", "oxy_angle_fwd", "oxy_angle_bwd",
+    "entailment_fwd_bwd",
 ]
 
 
@@ -154,6 +155,14 @@ def oxy_angle_bwd(grad, x, y, curv):
     return _op("oxy_angle_bwd")(grad, x, y, curv)
 
 
+def entailment_fwd_bwd(text, image, curv, min_radius, sign, margin, need_grad=True):
+    """Fused entailment (``sign=+1``) / calibration (``sign=-1``, ``margin``) rows:
+    ``(loss (N,), gx (N, D), gy (N, D), gc (N,))`` in the compute dtype, the gradients for a
+    unit upstream gradient per row (empty tensors when ``need_grad`` is False)."""
+    return _op("entailment_fwd_bwd")(text, image, curv, float(min_radius), float(sign), float(margin),
+                                     bool(need_grad))
+
+
 # ----------------------------------------------------------------------------- fake kernels
 # Shapes for FakeTensor / torch.compile / opcheck (the C++ ops have no Meta kernels).
 if _CPU_OK:
@@ -175,5 +184,14 @@ if _CPU_OK:
             lambda x, curv, min_radius: x.new_empty((x.shape[0],)))
         torch.library.register_fake(lib + "half_aperture_bwd")(
             lambda grad, x, curv, min_radius: (x.new_empty(x.shape), curv.new_empty(())))
+
+        def _entailment_fake(text, image, curv, min_radius, sign, margin, need_grad):
+            cd = torch.float64 if text.dtype == torch.float64 else torch.float32
+            n, d = text.shape[0], text.shape[1]
+            rows = n if need_grad else 0
+            return (text.new_empty((n,), dtype=cd), text.new_empty((rows, d), dtype=cd),
+                    text.new_empty((rows, d), dtype=cd), text.new_empty((rows,), dtype=cd))
+
+        torch.library.register_fake(lib + "entailment_fwd_bwd")(_entailment_fake)
 
     _register_fakes()
