@@ -2,8 +2,8 @@
 
 ``demo_model("meru" | "clip", seed)`` returns a model pretrained on the ``"pretrain"`` split of
 :mod:`hypkern.data.demo`, from the cache when it is there (``$HYPKERN_CACHE``, default
-``~/.cache/hypkern``; folder ``demo_models/<kind>-<key>``), else trained now (about a minute
-on two quiet CPU cores) and cached. The same seed and config give the same weights.
+``~/.cache/hypkern``; folder ``demo_models/<kind>-<key>``), else trained now (about two minutes for
+both on one CPU core) and cached. The same seed and config give the same weights.
 
 Training (per step, one batch of images):
 
