@@ -14,6 +14,7 @@ Images go through ``transform`` — pass the model's ``preprocess`` (it resizes 
 """
 from __future__ import annotations
 
+import abc
 import csv
 import json
 import os
@@ -54,7 +55,7 @@ def _read_image(path: Path):
         raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
 
-class PairDataset(Dataset):
+class PairDataset(Dataset, abc.ABC):
     """Base of the pair datasets: ``captions``, ``labels``, ``classnames`` and ``_image(i)``."""
 
     captions: list[str]
@@ -64,8 +65,9 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.captions)
 
+    @abc.abstractmethod
     def _image(self, i: int) -> torch.Tensor:
-        raise NotImplementedError
+        """The (untransformed) image of pair ``i``."""
 
     def __getitem__(self, i: int) -> dict:
         n = len(self)
@@ -100,6 +102,9 @@ class PairSubset(PairDataset):
         self.captions = [dataset.captions[i] for i in self.indices]
         self.labels = [dataset.labels[i] for i in self.indices]
         self.classnames = dataset.classnames
+
+    def _image(self, i: int) -> torch.Tensor:
+        return self.dataset._image(self.indices[i])
 
     def __getitem__(self, i: int) -> dict:
         return self.dataset[self.indices[i]]
