@@ -26,7 +26,8 @@ __all__ = ["register", "run_demo", "unlearn_settings", "choose_concepts", "table
 #: seed 0). The tiny models were pretrained at lr 2e-3, so they unlearn at a larger lr than big
 #: models do. More concepts share the forget batch, so for ``n`` concepts the run takes
 #: ``STEPS_BASE + STEPS_PER_CONCEPT * n`` steps (68, 84, 140 for 1, 3, 10) at
-#: ``lr * (1 + n / 10)``; for HAC the forget batch also grows to ``forget_per_concept * n``.
+#: ``lr * (1 + n / 5)``; for HAC the forget batch also grows to ``forget_per_concept * n``.
+#: Checked on seeds 0 and 1: every row passes except MERU x3 on seed 1 (forget 10.4 %).
 DEMO_UNLEARN = {
     "hac": dict(lr=2e-4, beta=0.5, retain_batch_size=128, forget_batch_size=32, forget_per_concept=6),
     "ac": dict(lr=1e-4, beta=0.5, alpha=0.5, retain_batch_size=128, forget_batch_size=32, forget_per_concept=0),
@@ -47,7 +48,7 @@ def unlearn_settings(method: str, n_concepts: int, quick: bool = False) -> dict:
     per = cfg.pop("forget_per_concept")
     cfg["forget_batch_size"] = max(cfg["forget_batch_size"], per * n_concepts)
     cfg["steps"] = STEPS_BASE + STEPS_PER_CONCEPT * n_concepts
-    cfg["lr"] = float(f"{cfg['lr'] * (1 + n_concepts / 10):.4g}")
+    cfg["lr"] = float(f"{cfg['lr'] * (1 + n_concepts / 5):.4g}")
     return cfg
 
 
