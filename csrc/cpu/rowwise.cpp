@@ -50,6 +50,18 @@ double sum_f64(const std::vector<double>& v) {
   return s;
 }
 
+// |x|^2 of one row of D values, accumulated in the compute type T.
+template <typename T, typename scalar_t>
+inline T row_sq_norm(const scalar_t* xr, int64_t D) {
+  T a = 0;
+#pragma omp simd reduction(+ : a)
+  for (int64_t k = 0; k < D; ++k) {
+    const T t = static_cast<T>(xr[k]);
+    a += t * t;
+  }
+  return a;
+}
+
 // ---------------------------------------------------------------------------- dist, oxy_angle
 // dist and oxy_angle share the row scalars a = |x|^2, b = |y|^2, e = |x-y|^2, f = (x-y).(x+y)
 // and the gradient form dx = cdiff (x-y) + cx x, dy = -cdiff (x-y) + cy y.
@@ -157,12 +169,7 @@ at::Tensor map_fwd(const at::Tensor& v_in, const at::Tensor& curv) {
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     for_rows(N, D, [&](int64_t i) {
       const scalar_t* vr = vp + i * D;
-      T a = 0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t k = 0; k < D; ++k) {
-        const T t = static_cast<T>(vr[k]);
-        a += t * t;
-      }
+      const T a = row_sq_norm<T>(vr, D);
       const T s = hk::map_scale(LOG, a, c);
 #pragma omp simd
       for (int64_t k = 0; k < D; ++k) op[i * D + k] = static_cast<scalar_t>(s * static_cast<T>(vr[k]));
@@ -229,12 +236,7 @@ at::Tensor half_aperture_fwd(const at::Tensor& x_in, const at::Tensor& curv, dou
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     for_rows(N, D, [&](int64_t i) {
       const scalar_t* xr = xp + i * D;
-      T a = 0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t k = 0; k < D; ++k) {
-        const T t = static_cast<T>(xr[k]);
-        a += t * t;
-      }
+      const T a = row_sq_norm<T>(xr, D);
       op[i] = static_cast<scalar_t>(hk::half_aperture_fwd(a, c, K));
     });
   });
@@ -262,12 +264,7 @@ std::tuple<at::Tensor, at::Tensor> half_aperture_bwd(const at::Tensor& grad, con
     scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
     for_rows(N, D, [&](int64_t i) {
       const scalar_t* xr = xp + i * D;
-      T a = 0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t k = 0; k < D; ++k) {
-        const T t = static_cast<T>(xr[k]);
-        a += t * t;
-      }
+      const T a = row_sq_norm<T>(xr, D);
       T cx, dc;
       hk::half_aperture_bwd(static_cast<T>(gp[i]), a, c, K, cx, dc);
       dcs[i] = dc;
