@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: import the pac
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hypkern  # noqa: E402
-from hypkern.lorentz import native  # noqa: E402
+from hypkern.kernels import native  # noqa: E402
 from hypkern.lorentz import reference as R  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

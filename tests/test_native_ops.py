@@ -24,7 +24,7 @@ import torch
 
 import hypkern
 from hypkern.lorentz import constants as K
-from hypkern.lorentz import native
+from hypkern.kernels import native
 from hypkern.lorentz import ops as hk_ops
 
 from conftest import OPS, TOLERANCES, assert_close_to_oracle, hard_inputs, make_inputs, needs_cuda, oracle
@@ -348,7 +348,8 @@ import sys, warnings
 sys.modules["hypkern._C"] = None      # makes `import hypkern._C` raise ImportError
 sys.modules["hypkern._C_cuda"] = None
 import torch, hypkern
-from hypkern.lorentz import native, ops
+from hypkern.kernels import native
+from hypkern.lorentz import ops
 cpu = torch.device("cpu")
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")

@@ -40,7 +40,7 @@ if DEVICE is not None:
     import triton
     import triton.language as tl
 
-    from hypkern.lorentz.triton import _common, _math as TM, cones, dist as tdist, maps
+    from hypkern.kernels.triton import _common, _math as TM, cones, dist as tdist, maps
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
@@ -90,7 +90,7 @@ def _check_against_oracle(op, inputs, curv, dtype, what, conditioned_only=False)
 # ----------------------------------------------------------------------------- backend
 
 def test_supports_reports_device():
-    from hypkern.lorentz import triton as T
+    from hypkern.kernels import triton as T
     ok, why = T.supports(torch.device(DEVICE))
     assert ok and why == ""
     if not T.INTERPRET:

@@ -35,8 +35,8 @@ __all__ = [
 
 #: Backends that run through the custom ops, with the module that holds their kernels.
 KERNEL_BACKENDS = {
-    "triton": "hypkern.lorentz.triton",
-    "native": "hypkern.lorentz.native",
+    "triton": "hypkern.kernels.triton",
+    "native": "hypkern.kernels.native",
 }
 ALL_BACKENDS = ("reference",) + tuple(KERNEL_BACKENDS)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -42,7 +42,7 @@ import math
 import triton
 import triton.language as tl
 
-from .. import constants as _C
+from ...lorentz import constants as _C
 
 ASIN_EPS = tl.constexpr(_C.ASIN_EPS)
 #: ``1 - ASIN_EPS`` and ``-1 + ASIN_EPS``, precomputed: arithmetic between constexprs inside a

@@ -10,8 +10,8 @@ with ``l_ij = -s d_L(image_i, text_j)`` (MERU) or ``l_ij = s cos(image_i, text_j
 With the diagonal and unit weights this is ``0.5 (CE(l, diag) + CE(l^T, diag))``.
 
 Backends (``backend=``): ``"reference"`` (materialised, ``hypkern.lorentz.reference``),
-``"chunked"`` (tiled PyTorch, ``hypkern.lorentz.chunked``; any device) and ``"triton"``
-(``hypkern.lorentz.triton.losses``; CUDA, or CPU under ``TRITON_INTERPRET=1``). Default:
+``"chunked"`` (tiled PyTorch, ``hypkern.kernels.chunked``; any device) and ``"triton"``
+(``hypkern.kernels.triton.losses``; CUDA, or CPU under ``TRITON_INTERPRET=1``). Default:
 ``$HYPKERN_LOSS_BACKEND`` if set, else triton on CUDA when available, else chunked. The fused
 backends use O((N + M) D) memory and accumulate in float32 (float64 for float64 inputs);
 half-precision inputs give a float32 loss.
@@ -30,8 +30,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .lorentz import chunked, reference
-from .lorentz.ops import _check_min_radius, _check_pair, _is_tracing, as_positive_scalar, compute_dtype
+from ..kernels import chunked
+from ..lorentz import reference
+from ..lorentz.ops import _check_min_radius, _check_pair, _is_tracing, as_positive_scalar, compute_dtype
 
 __all__ = [
     "lorentz_contrastive_loss",
@@ -56,7 +57,7 @@ ENTAILMENT_BACKENDS = LOSS_BACKENDS
 def _triton_losses():
     """The Triton loss module, or (None, reason)."""
     try:
-        from .lorentz.triton import losses as tl_losses
+        from ..kernels.triton import losses as tl_losses
     except Exception as exc:  # optional: never break `import hypkern`
         return None, f"{type(exc).__name__}: {exc}"
     return tl_losses, ""
@@ -70,7 +71,7 @@ def _triton_supports(device: torch.device) -> tuple[bool, str]:
 
 
 def _native_supports(device: torch.device) -> tuple[bool, str]:
-    from .lorentz import native
+    from ..kernels import native
     return native.supports(device)
 
 
@@ -216,7 +217,7 @@ def lorentz_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scal
     ``curv`` is ``c`` (floats or 0-dim tensors, > 0, may require grad). ``targets`` (N,) is
     the positive text index per image (default the diagonal, then N == M), ``weights`` (N,)
     non-negative per-pair weights (weighted mean). ``distributed=True``: see
-    :func:`hypkern.distributed.distributed_contrastive`; the inputs are this rank's rows.
+    :func:`hypkern.losses.distributed.distributed_contrastive`; the inputs are this rank's rows.
     ``blocks=(rows, cols)`` overrides the tile size of the fused backends.
     """
     dist_on = bool(distributed) and _dist_active(group)
@@ -273,7 +274,7 @@ class ContrastiveLoss(torch.nn.Module):
     ``geometry="lorentz"`` (``forward(image, text, logit_scale, curv, targets, weights)``) or
     ``"euclidean"`` (``forward(image, text, logit_scale, targets=None, weights=None)``). Under
     an initialised process group with ``distributed=True`` (default) each rank passes its own
-    rows; see :func:`hypkern.distributed.distributed_contrastive` for the gradient convention.
+    rows; see :func:`hypkern.losses.distributed.distributed_contrastive` for the gradient convention.
     """
 
     def __init__(self, geometry: str = "lorentz", *, backend: str | None = None, distributed: bool = True,
@@ -333,7 +334,7 @@ class _NativeEntailment(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, c, min_radius, sign, margin):
         need = any(t.requires_grad for t in (x, y, c))
-        from .lorentz import native
+        from ..kernels import native
         loss, gx, gy, gc = native.entailment_fwd_bwd(x, y, c.detach(), min_radius, sign, margin, need)
         if need:
             ctx.save_for_backward(gx, gy, gc)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 import torch
 
-from ..constants import ASIN_EPS
+from ...lorentz.constants import ASIN_EPS
 from . import _math as M
 from .dist import _dist_scalars
 from ._common import compute_dtype, curv_operand, finish_curv_grad, row_config, tl_compute

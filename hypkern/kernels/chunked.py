@@ -208,7 +208,7 @@ def entailment_terms(x, y, c, min_radius: float, sign: float, margin: float, nee
     in closed form (0 wherever a clamp is active). Returns ``(loss (N,), gx (N, D),
     gy (N, D), gc (N,))`` for a unit upstream gradient per row (grads None if not needed).
     """
-    from .constants import ANGLE_DENOM_EPS, ASIN_EPS
+    from ..lorentz.constants import ANGLE_DENOM_EPS, ASIN_EPS
 
     lo, hi = -1.0 + ASIN_EPS, 1.0 - ASIN_EPS
     diff = x - y

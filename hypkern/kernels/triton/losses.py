@@ -1,5 +1,5 @@
 """Triton kernels for the fused losses: tiled contrastive loss (Lorentz and cosine logits) and
-the one-pass entailment / calibration loss. Same math as ``hypkern.lorentz.chunked`` (read its
+the one-pass entailment / calibration loss. Same math as ``hypkern.kernels.chunked`` (read its
 docstring for the formulas); this module only changes where it runs.
 
 Contrastive, four launches of one stats kernel and one gradient kernel, no atomics:
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 import torch
 
-from ..constants import ASIN_EPS
+from ...lorentz.constants import ASIN_EPS
 from . import _math as M
 from ._common import INTERPRET, compute_dtype, pow2, tl_compute
 
