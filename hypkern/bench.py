@@ -383,15 +383,16 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0) -> l
 
 def _reference_f64(case: Case, inputs: list[torch.Tensor]) -> torch.Tensor:
     from .lorentz import reference as R
+    from .losses import reference as LR
     xs = [t.detach().to(torch.float64) for t in inputs]
     if case.kind == "op":
         extra = (MIN_RADIUS,) if case.name == "half_aperture" else ()
         return getattr(R, case.name)(*xs, CURV, *extra)
     if case.name == "lorentz_contrastive":
-        return R.lorentz_contrastive_loss(xs[0], xs[1], LOGIT_SCALE, CURV)
+        return LR.lorentz_contrastive_loss(xs[0], xs[1], LOGIT_SCALE, CURV)
     if case.name == "clip_contrastive":
-        return R.clip_contrastive_loss(xs[0], xs[1], LOGIT_SCALE)
-    return R.entailment_loss(xs[0], xs[1], CURV, MIN_RADIUS)
+        return LR.clip_contrastive_loss(xs[0], xs[1], LOGIT_SCALE)
+    return LR.entailment_loss(xs[0], xs[1], CURV, MIN_RADIUS)
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -470,6 +471,7 @@ def build_impl(impl: str, case: Case, inputs: list[torch.Tensor]) -> Built:
     B x B contrastive whose fwd+bwd would need more than half the free memory)."""
     from .lorentz import ops
     from .lorentz import reference as R
+    from .losses import reference as LR
     device = inputs[0].device.type
     if case.kind == "loss" and case.pairwise and impl in MATERIALISING:
         need = 6 * case.n * case.m * 4  # ~six fp32 B x B buffers alive in a materialised fwd+bwd
@@ -510,12 +512,12 @@ def build_impl(impl: str, case: Case, inputs: list[torch.Tensor]) -> Built:
     from . import losses as L
     if impl == "compile":
         if case.name == "lorentz_contrastive":
-            f = torch.compile(R.lorentz_contrastive_loss)
+            f = torch.compile(LR.lorentz_contrastive_loss)
             return Built(lambda a, b: f(a, b, LOGIT_SCALE, CURV), args)
         if case.name == "clip_contrastive":
-            f = torch.compile(R.clip_contrastive_loss)
+            f = torch.compile(LR.clip_contrastive_loss)
             return Built(lambda a, b: f(a, b, LOGIT_SCALE), args)
-        f = torch.compile(R.entailment_loss)
+        f = torch.compile(LR.entailment_loss)
         return Built(lambda t, i: f(t, i, CURV, MIN_RADIUS), args)
     if impl in ("reference", "chunked", "triton"):
         # hypkern.losses as a user calls it, with backend= (reference: the materialised B x B).

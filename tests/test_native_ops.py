@@ -439,6 +439,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from hypkern import losses as HL  # noqa: E402
 from hypkern.lorentz import reference as R  # noqa: E402
+from hypkern.losses import reference as LR  # noqa: E402
 
 _ENT_CASES = [("entailment", 0.0), ("calibration", 0.05), ("calibration", 1.5)]
 
@@ -467,7 +468,7 @@ def _ent_reference(fn, x, y, c, margin):
     y64 = y.detach().double().requires_grad_(True)
     c64 = torch.tensor(float(c), dtype=torch.float64, requires_grad=True)
     if fn == "entailment":
-        loss = R.entailment_loss(x64, y64, c64, 0.1)
+        loss = LR.entailment_loss(x64, y64, c64, 0.1)
     else:
         loss = F.relu(R.half_aperture(x64, c64, 0.1) - R.oxy_angle(x64, y64, c64) + margin).mean()
     return loss.detach(), torch.autograd.grad(loss, [x64, y64, c64])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hypkern.lorentz import reference as R
+from hypkern.losses import reference as LR
 from hypkern.lorentz.constants import ASIN_EPS, EXP_MAP_MAX
 
 torch.manual_seed(0)
@@ -166,10 +167,10 @@ def test_contrastive_losses_match_textbook_definition():
     labels = torch.arange(6)
     ce = torch.nn.functional.cross_entropy
     expected = 0.5 * (ce(logits, labels) + ce(logits.T, labels))
-    torch.testing.assert_close(R.lorentz_contrastive_loss(img, txt, s, 1.0), expected)
+    torch.testing.assert_close(LR.lorentz_contrastive_loss(img, txt, s, 1.0), expected)
     cos = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
     expected = 0.5 * (ce(s * cos, labels) + ce(s * cos.T, labels))
-    torch.testing.assert_close(R.clip_contrastive_loss(img, txt, s), expected)
+    torch.testing.assert_close(LR.clip_contrastive_loss(img, txt, s), expected)
 
 
 def test_contrastive_targets_and_weights():
@@ -179,6 +180,6 @@ def test_contrastive_targets_and_weights():
     logits = -2.0 * R.pairwise_dist(img, txt, 1.0)
     per = 0.5 * ((torch.logsumexp(logits, 1) - logits[torch.arange(4), t])
                  + (torch.logsumexp(logits, 0)[t] - logits[torch.arange(4), t]))
-    torch.testing.assert_close(R.lorentz_contrastive_loss(img, txt, 2.0, 1.0, t, w), (w * per).sum() / w.sum())
+    torch.testing.assert_close(LR.lorentz_contrastive_loss(img, txt, 2.0, 1.0, t, w), (w * per).sum() / w.sum())
     with pytest.raises(ValueError, match="same number of rows"):
-        R.lorentz_contrastive_loss(img, txt, 2.0, 1.0)
+        LR.lorentz_contrastive_loss(img, txt, 2.0, 1.0)

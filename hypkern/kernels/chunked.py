@@ -1,7 +1,7 @@
 """Tiled (chunked) PyTorch implementation of the large-batch contrastive loss and a one-pass
 entailment loss: the CPU path of ``hypkern.losses``, O((N + M) D) memory.
 
-Contrastive loss (see ``reference._symmetric_ce``). With logits ``l_ij`` (N x M), positives
+Contrastive loss (see ``hypkern.losses.reference.symmetric_ce``). With logits ``l_ij`` (N x M), positives
 ``t_i`` and normalised weights ``w_i`` (``sum_i w_i = 1``)::
 
     L = sum_i w_i (0.5 (r_i - l_i,t_i) + 0.5 (C_t_i - l_i,t_i)),

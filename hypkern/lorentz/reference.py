@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .constants import ANGLE_DENOM_EPS, ASIN_EPS, EXP_MAP_MAX, SMALL_R
 
@@ -39,9 +38,6 @@ __all__ = [
     "log_map0",
     "half_aperture",
     "oxy_angle",
-    "entailment_loss",
-    "lorentz_contrastive_loss",
-    "clip_contrastive_loss",
 ]
 
 
@@ -208,69 +204,6 @@ def oxy_angle(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     denom = torch.clamp(_norm(x) * _safe_sqrt(u * (u + 2.0)), min=ANGLE_DENOM_EPS)
     arg = torch.clamp(numer / denom, min=-1.0 + ASIN_EPS, max=1.0 - ASIN_EPS)
     return torch.acos(arg).to(out_dtype)
-
-
-def entailment_loss(text: torch.Tensor, image: torch.Tensor, curv, min_radius: float = 0.1) -> torch.Tensor:
-    """MERU's entailment loss: mean(relu(oxy_angle(text, image) - half_aperture(text))).
-
-    The text's cone should contain its image. Returns a 0-dim tensor in float32 (float64 for
-    float64 inputs)."""
-    angle = oxy_angle(text, image, curv).to(_compute_dtype(text))
-    aperture = half_aperture(text, curv, min_radius).to(_compute_dtype(text))
-    return F.relu(angle - aperture).mean()
-
-
-def _pairwise_targets(n: int, m: int, targets, device) -> torch.Tensor:
-    if targets is None:
-        if n != m:
-            raise ValueError(f"without targets, image and text need the same number of rows, got {n} and {m}")
-        return torch.arange(n, device=device)
-    return targets.to(device=device, dtype=torch.long)
-
-
-def _symmetric_ce(logits: torch.Tensor, targets, weights) -> torch.Tensor:
-    """Per-pair symmetric cross-entropy, weighted mean.
-
-    Pair i (image i, its positive text ``t_i``) contributes
-    ``0.5 * (-l[i, t_i] + lse_j l[i, j]) + 0.5 * (-l[i, t_i] + lse_k l[k, t_i])``; the loss is
-    ``sum_i w_i loss_i / sum_i w_i``. With ``t = arange(N)`` and unit weights this is CLIP's
-    ``0.5 (CE(l, diag) + CE(l^T, diag))``.
-    """
-    n, m = logits.shape
-    t = _pairwise_targets(n, m, targets, logits.device)
-    pos = logits.gather(1, t[:, None])[:, 0]
-    row_lse = torch.logsumexp(logits, dim=1)
-    col_lse = torch.logsumexp(logits, dim=0)[t]
-    per_pair = 0.5 * ((row_lse - pos) + (col_lse - pos))
-    if weights is None:
-        return per_pair.mean()
-    w = weights.to(per_pair.dtype)
-    return (w * per_pair).sum() / w.sum()
-
-
-def lorentz_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale, curv,
-                             targets: torch.Tensor | None = None,
-                             weights: torch.Tensor | None = None) -> torch.Tensor:
-    """MERU's contrastive loss, materialised: logits ``l_ij = -s d(image_i, text_j)``.
-
-    ``logit_scale`` is ``s`` itself (not its log), ``curv`` is ``c``. See ``_symmetric_ce``
-    for ``targets`` (positive text index per image, default the diagonal) and ``weights``."""
-    cd = _compute_dtype(image)
-    s = _curv(logit_scale, image.to(cd))
-    logits = -s * pairwise_dist(image.to(cd), text.to(cd), _curv(curv, image.to(cd)))
-    return _symmetric_ce(logits, targets, weights)
-
-
-def clip_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale,
-                          targets: torch.Tensor | None = None,
-                          weights: torch.Tensor | None = None) -> torch.Tensor:
-    """CLIP's contrastive loss, materialised: ``l_ij = s cos(image_i, text_j)``; the raw
-    features are L2-normalised here."""
-    cd = _compute_dtype(image)
-    image, text = image.to(cd), text.to(cd)
-    s = _curv(logit_scale, image)
-    logits = s * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
-    return _symmetric_ce(logits, targets, weights)
 
 
 # Keep the documented constant visible to readers of this module.

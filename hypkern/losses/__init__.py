@@ -9,7 +9,7 @@ Contrastive loss, per pair ``i`` (image ``i``, its positive text ``t_i``, defaul
 with ``l_ij = -s d_L(image_i, text_j)`` (MERU) or ``l_ij = s cos(image_i, text_j)`` (CLIP).
 With the diagonal and unit weights this is ``0.5 (CE(l, diag) + CE(l^T, diag))``.
 
-Backends (``backend=``): ``"reference"`` (materialised, ``hypkern.lorentz.reference``),
+Backends (``backend=``): ``"reference"`` (materialised, ``hypkern.losses.reference``),
 ``"chunked"`` (tiled PyTorch, ``hypkern.kernels.chunked``; any device) and ``"triton"``
 (``hypkern.kernels.triton.losses``; CUDA, or CPU under ``TRITON_INTERPRET=1``). Default:
 ``$HYPKERN_LOSS_BACKEND`` if set, else triton on CUDA when available, else chunked. The fused
@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import chunked
-from ..lorentz import reference
+from ..lorentz import reference as lorentz_reference
+from . import reference as loss_reference
 from ..lorentz.ops import _check_min_radius, _check_pair, _is_tracing, as_positive_scalar, compute_dtype
 
 __all__ = [
@@ -192,8 +193,8 @@ def _lorentz_operands(image, text, s, c, backend):
     beta = 2.0 * s / torch.sqrt(c)
     if backend != "triton":  # the chunked path computes the time components itself
         return image.to(cd), text.to(cd), None, None, beta
-    xt = reference.time_component(image.to(cd), c)
-    yt = reference.time_component(text.to(cd), c)
+    xt = lorentz_reference.time_component(image.to(cd), c)
+    yt = lorentz_reference.time_component(text.to(cd), c)
     return image, text, xt, yt, beta
 
 
@@ -231,7 +232,7 @@ def lorentz_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scal
                                           backend=chosen, group=group, blocks=blocks,
                                           grad_world_scale=grad_world_scale)
     if chosen == "reference":
-        return reference.lorentz_contrastive_loss(image, text, s, c, t, w)
+        return loss_reference.lorentz_contrastive_loss(image, text, s, c, t, w)
     x, y, xt, yt, beta = _lorentz_operands(image, text, s, c, chosen)
     per_pair = _per_pair("lorentz", x, y, xt, yt, c, beta, t, chosen, blocks)
     return _weighted_mean(per_pair, w)
@@ -257,7 +258,7 @@ def clip_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale,
                                           backend=chosen, group=group, blocks=blocks,
                                           grad_world_scale=grad_world_scale)
     if chosen == "reference":
-        return reference.clip_contrastive_loss(image, text, s, t, w)
+        return loss_reference.clip_contrastive_loss(image, text, s, t, w)
     x, y = _clip_operands(image, text, chosen)
     per_pair = _per_pair("cosine", x, y, None, None, None, s, t, chosen, blocks)
     return _weighted_mean(per_pair, w)
@@ -311,8 +312,8 @@ def _entailment(text, image, curv, min_radius, sign, margin, backend):
     chosen = resolve_loss_backend(backend, text.device, kind="entailment")
     cd = compute_dtype(text.dtype)
     if chosen == "reference":
-        angle = reference.oxy_angle(text, image, c).to(cd)
-        aperture = reference.half_aperture(text, c, radius).to(cd)
+        angle = lorentz_reference.oxy_angle(text, image, c).to(cd)
+        aperture = lorentz_reference.half_aperture(text, c, radius).to(cd)
         return F.relu(sign * (angle - aperture) + margin).mean()
     if chosen == "triton":
         module, why = _triton_losses()
