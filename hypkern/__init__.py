@@ -1,7 +1,7 @@
 """hypkern: fast, exact Lorentz-model kernels and concept unlearning for MERU and CLIP.
 
 Layers (nothing lower imports anything higher): ``lorentz`` (geometry ops and kernels) ->
-``losses`` -> ``models`` -> ``unlearn`` / ``eval`` -> ``cli``.
+``losses`` -> ``models`` -> ``unlearning`` / ``eval`` -> ``cli``.
 
 The geometry ops and losses import eagerly; the model, unlearning and evaluation entry points
 (``load_model``, ``save_model``, ``unlearn``, ``evaluate``) load on first use, so
@@ -34,8 +34,8 @@ _LAZY = {
     "load_model": ("hypkern.models", "load_model"),
     "save_model": ("hypkern.models", "save_model"),
     "evaluate": ("hypkern.eval", "evaluate"),
-    # the package ``hypkern.unlearn`` is itself callable: hypkern.unlearn(model, concepts, ...)
-    "unlearn": ("hypkern.unlearn", None),
+    "unlearn": ("hypkern.unlearning", "unlearn"),
+    "unlearning": ("hypkern.unlearning", None),
     "models": ("hypkern.models", None),
     "data": ("hypkern.data", None),
     "eval": ("hypkern.eval", None),

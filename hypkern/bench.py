@@ -1171,7 +1171,7 @@ def _trainer_worker(spec: dict) -> dict:
         torch.set_num_threads(int(spec["threads"]))
     try:
         from .models import tiny_clip, tiny_meru
-        from .unlearn import unlearn
+        from .unlearning import unlearn
         from .data.demo import load_demo
     except Exception as exc:
         return {"status": f"error: the trainer is not available ({type(exc).__name__}: {exc})"}
@@ -1232,10 +1232,10 @@ def trainer_benchmark(device: str = "cpu", quick: bool = False, log=print, threa
     if device != "cpu":
         raise RuntimeError("the trainer benchmark runs on CPU (tiny models); GPU: benchmarks/gpu_suite.sh")
     try:
-        import hypkern.unlearn as _u  # noqa: F401
+        import hypkern.unlearning as _u  # noqa: F401
         from .models import tiny_meru  # noqa: F401
         if not callable(getattr(_u, "unlearn", None)):
-            raise ImportError("hypkern.unlearn.unlearn is missing")
+            raise ImportError("hypkern.unlearning.unlearn is missing")
     except Exception as exc:
         raise RuntimeError(f"the unlearning trainer is not available in this checkout: {exc}") from exc
     threads = threads or (1 if quick else torch.get_num_threads())

@@ -12,7 +12,7 @@ import sys
 #: (module, what it adds) — imported lazily so `hypkern --help` stays fast.
 COMMAND_MODULES = (
     "hypkern.demo",
-    "hypkern.unlearn.command",
+    "hypkern.unlearning.command",
     "hypkern.eval.command",
     "hypkern.bench",
 )

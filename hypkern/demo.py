@@ -3,7 +3,7 @@
 1. pretrain (or load from the cache) a tiny MERU and a tiny CLIP on the demo shapes;
 2. evaluate both (zero-shot, retrieval, audits) on the held-out test split;
 3. unlearn 1, 3 and 10 concepts (leaf classes such as "red circle", drawn with ``--seed``)
-   with HAC (MERU) and AC (CLIP) through ``hypkern.unlearn.unlearn``;
+   with HAC (MERU) and AC (CLIP) through ``hypkern.unlearning.unlearn``;
 4. evaluate again and write ``report.md`` / ``report.json`` and the plots to ``--out``.
 
 Targets, checked and printed per row: forget accuracy <= chance + 5 points, retain accuracy
@@ -22,7 +22,7 @@ import time
 
 __all__ = ["register", "run_demo", "unlearn_settings", "choose_concepts", "table", "DEMO_UNLEARN", "QUICK_UNLEARN", "main"]
 
-#: Unlearning settings of the demo per method (``hypkern.unlearn.UnlearnConfig`` fields, tuned on
+#: Unlearning settings of the demo per method (``hypkern.unlearning.UnlearnConfig`` fields, tuned on
 #: seed 0). The tiny models were pretrained at lr 2e-3, so they unlearn at a larger lr than big
 #: models do. More concepts share the forget batch, so for ``n`` concepts the run takes
 #: ``STEPS_BASE + STEPS_PER_CONCEPT * n`` steps (68, 84, 140 for 1, 3, 10) at
@@ -152,7 +152,7 @@ def run_demo(out: str = "hypkern-demo", seed: int = 0, quick: bool = False, stri
     from .eval.plots import plot_accuracy_rows, plot_origin_distance
     from .eval.report import measure, targets_met, write_report
     from .eval.zeroshot import encode_images
-    from .unlearn import unlearn
+    from .unlearning import unlearn
 
     t_start = time.time()
     n_threads = _threads(threads)

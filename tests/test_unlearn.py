@@ -1,4 +1,4 @@
-"""hypkern.unlearn: objectives, sampling, gradient caching, end-to-end forgetting, CLI, errors.
+"""hypkern.unlearning: objectives, sampling, gradient caching, end-to-end forgetting, CLI, errors.
 
 The end-to-end tests pretrain a very small MERU / CLIP on a six-class toy problem (seconds),
 then unlearn and check zero-shot accuracy on held-out images: forget classes fall to about
@@ -13,11 +13,11 @@ import math
 import pytest
 import torch
 
-from hypkern.unlearn import ConfigError, DataError, UnlearnConfig, unlearn
-from hypkern.unlearn.data import StepSampler, split_concepts
-from hypkern.unlearn.objectives import StepEmbeddings, entailment_calibration, unlearning_loss
-from hypkern.unlearn.params import select_trainable
-from hypkern.unlearn.toy import pretrain, toy_model, toy_pairs
+from hypkern.unlearning import ConfigError, DataError, UnlearnConfig, unlearn
+from hypkern.unlearning.data import StepSampler, split_concepts
+from hypkern.unlearning.objectives import StepEmbeddings, entailment_calibration, unlearning_loss
+from hypkern.unlearning.params import select_trainable
+from hypkern.unlearning.toy import pretrain, toy_model, toy_pairs
 from hypkern.lorentz import ops, reference as R
 
 torch.set_num_threads(1)
@@ -51,7 +51,7 @@ def test_negative_calibration_is_the_weighted_mean():
     cfg = UnlearnConfig(alpha=0.5, beta=0.0, positive_target=1.0)
     _, terms = unlearning_loss(StepEmbeddings(ri, rt, fi, ft), geometry="lorentz", method="ac", cfg=cfg,
                                logit_scale=scale, curv=curv, seed=3, step=7)
-    from hypkern.unlearn.objectives import mismatch_targets
+    from hypkern.unlearning.objectives import mismatch_targets
     mu = mismatch_targets(6, 3, 3, 7)
     assert len(set(mu.tolist())) == 3 and mu.max() < 6  # distinct retain captions
     logits = -scale * R.pairwise_dist(torch.cat([ri, fi]).double(), torch.cat([rt, ft]).double(), curv.double())
@@ -228,8 +228,13 @@ def test_unlearn_several_concepts(geometry, pretrained, toy_data):
     assert a["retain"] >= b["retain"] - 0.1, f"retain accuracy {b['retain']} -> {a['retain']}"
 
 
-def test_demo_default_and_callable_package(capsys):
-    import hypkern.unlearn as U
+def test_demo_default_and_plain_function(capsys):
+    import inspect
+    import hypkern
+    U = hypkern.unlearn
+    assert inspect.isfunction(U) and list(inspect.signature(U).parameters)[:3] == ["model", "concepts", "data"]
+    import hypkern.unlearning  # noqa: F401  (importing the subpackage must not shadow the function)
+    assert hypkern.unlearn is U
     res = U(toy_model("lorentz"), ["red circle"], steps=1, retain_batch_size=4, forget_batch_size=2,
             progress=False, eval=False)
     assert "embedded demo dataset" in capsys.readouterr().err

@@ -10,8 +10,8 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from hypkern.unlearn import unlearn
-from hypkern.unlearn.toy import distributed_worker, toy_model, toy_pairs
+from hypkern.unlearning import unlearn
+from hypkern.unlearning.toy import distributed_worker, toy_model, toy_pairs
 
 torch.set_num_threads(1)
 

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from hypkern.unlearn import ConfigError, unlearn
-from hypkern.unlearn.toy import toy_model, toy_pairs
+from hypkern.unlearning import ConfigError, unlearn
+from hypkern.unlearning.toy import toy_model, toy_pairs
 
 torch.set_num_threads(1)
 
@@ -23,8 +23,8 @@ CONFIG = dict(steps=7, lr=1e-3, retain_batch_size=12, forget_batch_size=6, check
 CHILD = textwrap.dedent("""
     import os, signal, sys, torch
     torch.set_num_threads(1)
-    from hypkern.unlearn import unlearn
-    from hypkern.unlearn.toy import toy_model, toy_pairs
+    from hypkern.unlearning import unlearn
+    from hypkern.unlearning.toy import toy_model, toy_pairs
     cfg = {config}
     def kill(step, record):
         if step == 5:

@@ -1,4 +1,4 @@
-"""A toy problem for the tests and examples of ``hypkern.unlearn``: six classes of coloured
+"""A toy problem for the tests and examples of ``hypkern.unlearning``: six classes of coloured
 noise images, a very small MERU/CLIP, a short contrastive pretraining, and the worker the
 distributed test spawns. Seconds on a CPU.
 """

@@ -145,7 +145,7 @@ def unlearn(model, concepts, data=None, *, method: str = "auto", config=None, ev
     * ``callbacks``: ``f(step_done, record)`` after every step.
 
     Loss (per step, global batch): ``CE_w + β·P + [γ·E_cal + w_e·E_retain + δ·N]`` (HAC terms in
-    brackets), see ``hypkern.unlearn.objectives``.
+    brackets), see ``hypkern.unlearning.objectives``.
     """
     log = log or _log
     if method != "auto":

@@ -21,7 +21,7 @@ __all__ = ["register", "run", "build_parser"]
 
 _DESCRIPTION = """Remove concepts from a MERU (HAC) or CLIP (AC) model and report zero-shot
 accuracy on the forgotten and the retained classes before and after. Settings come from the
-defaults of hypkern.unlearn.UnlearnConfig, then --config, then --set, then the dedicated
+defaults of hypkern.unlearning.UnlearnConfig, then --config, then --set, then the dedicated
 options below (later wins). See docs/readme_unlearn.md."""
 
 
