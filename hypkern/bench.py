@@ -434,8 +434,11 @@ def _impl_names(kind: str, name: str, device: str) -> list[str]:
         if name in ("exp_map0", "log_map0"):
             names.append("copy")
         return names
-    # the fused backends of hypkern.losses (chunked: any device; triton: CUDA only here)
-    names += ["chunked", "triton"] if cuda else ["chunked"]
+    # the fused backends of hypkern.losses that implement this loss (the one registry);
+    # Triton only on CUDA here (never benchmark the interpreter)
+    from .kernels import registry
+    names += [n for n in registry.BACKENDS if n != "reference" and name in registry.BACKENDS[n].implements
+              and (cuda or n != "triton")]
     if name != "entailment":
         names.append("matmul")
     if name == "clip_contrastive":
@@ -519,17 +522,16 @@ def build_impl(impl: str, case: Case, inputs: list[torch.Tensor]) -> Built:
             return Built(lambda a, b: f(a, b, LOGIT_SCALE), args)
         f = torch.compile(LR.entailment_loss)
         return Built(lambda t, i: f(t, i, CURV, MIN_RADIUS), args)
-    if impl in ("reference", "chunked", "triton"):
+    from .kernels import registry
+    if impl in registry.BACKENDS:
         # hypkern.losses as a user calls it, with backend= (reference: the materialised B x B).
-        backends = getattr(L, "LOSS_BACKENDS", ("reference",))
-        if impl not in backends:
-            raise _Skip(f"hypkern.losses has no backend {impl!r} (has {', '.join(backends)})")
-        if impl == "triton":
-            if device != "cuda":
-                raise _Skip("the Triton loss runs on CUDA here (never benchmark the interpreter)")
-            ok, why = L._triton_supports(torch.device(device))
-            if not ok:
-                raise _Skip(why)
+        if case.name not in registry.BACKENDS[impl].implements:
+            raise _Skip(f"backend {impl!r} does not implement {case.name}")
+        if impl == "triton" and device != "cuda":
+            raise _Skip("the Triton loss runs on CUDA here (never benchmark the interpreter)")
+        ok, why = registry.available(impl, torch.device(device).type)
+        if not ok:
+            raise _Skip(why)
         if case.name == "lorentz_contrastive":
             return Built(lambda a, b: L.lorentz_contrastive_loss(a, b, LOGIT_SCALE, CURV, backend=impl), args)
         if case.name == "clip_contrastive":

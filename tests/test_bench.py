@@ -110,7 +110,7 @@ def test_quick_run_writes_tables(tmp_path):
         reader = csv.DictReader(f)
         assert reader.fieldnames == bench.CSV_COLUMNS
         rows = list(reader)
-    _check_rows(rows, {"reference", "geoopt", "chunked"})
+    _check_rows(rows, {"reference", "geoopt", "native"})
     assert {r["pass"] for r in rows} == set(bench.PASSES)
     md = open(paths["md"]).read()
     assert "Machine:" in md and "Load average" in md

@@ -98,9 +98,10 @@ def test_chunked_matches_reference(kind, dtype, n, m, d, with_targets):
         _assert_matches(got, want, dtype, f"chunked {kind} {dtype} blocks={blocks}")
 
 
-def test_default_backend_on_cpu_is_chunked():
-    assert HL.resolve_loss_backend(None, torch.device("cpu")) in ("chunked",) or \
-        HL.resolve_loss_backend(None, torch.device("cpu")) == __import__("os").environ.get("HYPKERN_LOSS_BACKEND")
+def test_default_backend_on_cpu_is_chunked(monkeypatch):
+    monkeypatch.delenv("HYPKERN_BACKEND", raising=False)
+    assert HL.resolve_loss_backend(None, torch.device("cpu")) == "chunked"
+    assert HL.resolve_loss_backend(None, torch.device("cpu"), kind="clip") == "chunked"
     x, y = _features(8, 8, 4, torch.float64)
     torch.testing.assert_close(hypkern.lorentz_contrastive_loss(x, y, 3.0, 1.0),
                                LR.lorentz_contrastive_loss(x, y, 3.0, 1.0), atol=1e-12, rtol=1e-12)
@@ -245,12 +246,16 @@ def _ent_run(fn, backend, x, y, c, **kw):
     return loss.detach(), torch.autograd.grad(loss, [x, y, c_t])
 
 
+ENT_BACKENDS = ["reference", pytest.param("native", marks=pytest.mark.native)]
+
+
+@pytest.mark.parametrize("backend", ENT_BACKENDS)
 @pytest.mark.parametrize("fn,margin", [("entailment", 0.0), ("calibration", 0.05), ("calibration", 1.5)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("hard", [False, True])
-def test_entailment_chunked_matches_reference(fn, margin, dtype, hard):
+def test_entailment_matches_float64(backend, fn, margin, dtype, hard):
     x, y = _ent_inputs(dtype, hard)
-    got = _ent_run(fn, "chunked", x, y, 0.8, margin=margin)
+    got = _ent_run(fn, backend, x, y, 0.8, margin=margin)
     assert torch.isfinite(got[0]) and all(torch.isfinite(g).all() for g in got[1])
     if hard and dtype == torch.float32:
         return  # norms of 1e4 in float32: finite is the claim, not agreement
@@ -263,13 +268,14 @@ def test_entailment_chunked_matches_reference(fn, margin, dtype, hard):
         torch.testing.assert_close(a.double(), b, **tol)
 
 
-def test_entailment_gradcheck():
+@pytest.mark.parametrize("backend", ENT_BACKENDS)
+def test_entailment_gradcheck(backend):
     x, y = _ent_inputs(torch.float64)
     x, y = x[:8].requires_grad_(True), y[:8].requires_grad_(True)
     c = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y, c: hypkern.entailment_loss(x, y, c, backend="chunked"), (x, y, c))
+    assert torch.autograd.gradcheck(lambda x, y, c: hypkern.entailment_loss(x, y, c, backend=backend), (x, y, c))
     assert torch.autograd.gradcheck(
-        lambda x, y, c: HL.entailment_calibration_loss(x, y, c, 1.0, backend="chunked"), (x, y, c))
+        lambda x, y, c: HL.entailment_calibration_loss(x, y, c, 1.0, backend=backend), (x, y, c))
 
 
 # ----------------------------------------------------------------------------- argument checks

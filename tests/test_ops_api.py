@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import hypkern
+from hypkern.kernels import registry
 from hypkern.lorentz import ops
 from hypkern.lorentz import reference as R
 
@@ -41,8 +42,10 @@ def test_mixed_devices_rejected():
 
 def test_backends_report_has_reasons():
     report = hypkern.backends()
-    assert set(report) == {"reference", "triton", "native"}
-    assert report["reference"].cpu
+    assert set(report) == {"reference", "chunked", "triton", "native"}
+    assert report["reference"].cpu and report["chunked"].cpu
+    assert set(report["reference"].implements) == set(registry.ALL_OPS)
+    assert "entailment" not in report["chunked"].implements
     for status in report.values():
         if not (status.cpu and status.cuda):
             assert status.reason, f"{status.name} is not usable everywhere but gives no reason"

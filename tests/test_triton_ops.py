@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import hypkern
+from hypkern.kernels import registry
 from hypkern.lorentz import ops as hk_ops
 from hypkern.lorentz import reference as R
 from hypkern.lorentz.constants import EXP_MAP_MAX
@@ -21,10 +22,10 @@ from conftest import OPS, TOLERANCES, assert_close_to_oracle, hard_inputs, make_
 
 def _pick_device():
     if torch.cuda.is_available():
-        ok, why = hk_ops._supports("triton", torch.device("cuda"))
+        ok, why = registry.available("triton", "cuda")
         if ok:
             return "cuda", ""
-    ok, why = hk_ops._supports("triton", torch.device("cpu"))
+    ok, why = registry.available("triton", "cpu")
     if ok:
         return "cpu", ""
     return None, why or "the Triton backend is unavailable"

@@ -1,7 +1,7 @@
 """The native kernel backend: C++ CPU kernels (``hypkern._C``) and CUDA kernels
 (``hypkern._C_cuda``) from ``csrc/``, registered as ``torch.ops.hypkern_native.<op>_fwd/_bwd``.
 
-Implements the kernel-backend interface of :mod:`hypkern.lorentz.ops`: ``supports(device)``
+Implements the kernel-module interface of :mod:`hypkern.kernels.registry`: ``supports(device)``
 and ``<name>_fwd(*inputs, curv[, min_radius])`` / ``<name>_bwd(grad, *inputs, curv[, min_radius])``.
 The per-element math (stable acosh/asin/acos, the clipping of ``constants.py``, each op's
 local forward and backward formula) lives in ``csrc/hk_math.h`` and is shared by both
@@ -24,7 +24,7 @@ __all__ = [
     "pairwise_inner_fwd", "pairwise_inner_bwd", "pairwise_dist_fwd", "pairwise_dist_bwd",
     "dist_fwd", "dist_bwd", "exp_map0_fwd", "exp_map0_bwd", "log_map0_fwd", "log_map0_bwd",
     "half_aperture_fwd", "half_aperture_bwd", "oxy_angle_fwd", "oxy_angle_bwd",
-    "entailment_fwd_bwd",
+    "entailment_fwd_bwd", "entailment_fwd", "entailment_bwd",
 ]
 
 
@@ -161,6 +161,20 @@ def entailment_fwd_bwd(text, image, curv, min_radius, sign, margin, need_grad=Tr
     unit upstream gradient per row (empty tensors when ``need_grad`` is False)."""
     return _op("entailment_fwd_bwd")(text, image, curv, float(min_radius), float(sign), float(margin),
                                      bool(need_grad))
+
+
+def entailment_fwd(text, image, curv, min_radius, sign, margin):
+    """Per-row entailment (``sign=+1``) / calibration (``sign=-1``) losses, compute dtype."""
+    return entailment_fwd_bwd(text, image, curv, min_radius, sign, margin, need_grad=False)[0]
+
+
+def entailment_bwd(grad, text, image, curv, min_radius, sign, margin):
+    """Gradients (text, image, curv) of ``sum(grad * entailment_fwd(...))``: the fused op's
+    unit-gradient rows scaled by ``grad``."""
+    _, gx, gy, gc = entailment_fwd_bwd(text, image, curv, min_radius, sign, margin, need_grad=True)
+    g = grad.to(gx.dtype)
+    return ((g[:, None] * gx).to(text.dtype), (g[:, None] * gy).to(image.dtype),
+            (g * gc).sum().to(curv.dtype).reshape(()))
 
 
 # ----------------------------------------------------------------------------- fake kernels

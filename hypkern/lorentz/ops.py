@@ -18,180 +18,36 @@ in the input dtype; the gradient w.r.t. ``curv`` in ``curv``'s dtype.
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import math
-import os
-from dataclasses import dataclass
-
 import torch
 
+from ..checks import check_matrix, check_min_radius, check_pair, compute_dtype, positive_scalar
+from ..kernels import registry
 from . import reference
 
 __all__ = [
     "pairwise_inner", "pairwise_dist", "dist", "exp_map0", "log_map0", "half_aperture",
-    "oxy_angle", "backends", "resolve_backend", "KERNEL_BACKENDS",
+    "oxy_angle", "backends", "resolve_backend", "KERNEL_BACKENDS", "ALL_BACKENDS", "compute_dtype",
+    "as_positive_scalar", "BackendStatus",
 ]
 
 #: Backends that run through the custom ops, with the module that holds their kernels.
-KERNEL_BACKENDS = {
-    "triton": "hypkern.kernels.triton",
-    "native": "hypkern.kernels.native",
-}
-ALL_BACKENDS = ("reference",) + tuple(KERNEL_BACKENDS)
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+KERNEL_BACKENDS = {n: b.module for n, b in registry.BACKENDS.items() if n in ("triton", "native")}
+ALL_BACKENDS = tuple(registry.BACKENDS)
+BackendStatus = registry.BackendStatus
+as_positive_scalar = positive_scalar  # the old name
 
 
-@dataclass(frozen=True)
-class BackendStatus:
-    name: str
-    cpu: bool
-    cuda: bool
-    reason: str
-
-    def __str__(self) -> str:
-        where = [d for d, ok in (("cpu", self.cpu), ("cuda", self.cuda)) if ok]
-        return f"{self.name}: {'usable on ' + ', '.join(where) if where else 'unavailable'}" + (
-            f" ({self.reason})" if self.reason else "")
+def backends() -> dict[str, registry.BackendStatus]:
+    """Which backends are usable here, on which device types, what they implement, and why not."""
+    return registry.status()
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel_module(name: str):
-    """Import a backend's kernel module; returns (module or None, reason)."""
-    try:
-        return importlib.import_module(KERNEL_BACKENDS[name]), ""
-    except Exception as exc:  # an optional backend must never break `import hypkern`
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def _supports(name: str, device: torch.device) -> tuple[bool, str]:
-    if name == "reference":
-        return True, ""
-    module, reason = _kernel_module(name)
-    if module is None:
-        return False, reason
-    return module.supports(device)
-
-
-def backends() -> dict[str, BackendStatus]:
-    """Which backends are usable here, on which device types, and why not."""
-    out = {}
-    cuda_ok = torch.cuda.is_available()
-    for name in ALL_BACKENDS:
-        cpu, why_cpu = _supports(name, torch.device("cpu"))
-        if cuda_ok:
-            cuda, why_cuda = _supports(name, torch.device("cuda"))
-        else:
-            cuda, why_cuda = False, "no CUDA device"
-        reasons = []
-        if not cpu and why_cpu:
-            reasons.append(f"cpu: {why_cpu}")
-        if not cuda and why_cuda:
-            reasons.append(f"cuda: {why_cuda}")
-        out[name] = BackendStatus(name, cpu, cuda, "; ".join(reasons))
-    return out
-
-
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The backend an op will use: ``backend`` if given (checked), else ``$HYPKERN_BACKEND``,
-    else the fastest usable one for the device (CUDA: triton, native, reference;
-    CPU: native, reference)."""
-    return _resolve(backend or "", device.type)
-
-
-@torch.compiler.assume_constant_result
-def _resolve(backend: str, device_type: str) -> str:
-    # A constant for torch.compile: the answer depends only on the arguments and on what is
-    # installed, and a traced graph must not call importlib.
-    device = torch.device(device_type)
-    backend = backend or os.environ.get("HYPKERN_BACKEND") or ""
-    if backend:
-        if backend not in ALL_BACKENDS:
-            raise ValueError(f"backend must be one of {ALL_BACKENDS} or None, got {backend!r}")
-        ok, why = _supports(backend, device)
-        if not ok:
-            raise RuntimeError(f"backend {backend!r} cannot run on {device.type}: {why}")
-        return backend
-    order = ("triton", "native") if device.type == "cuda" else ("native",)
-    for name in order:
-        if _supports(name, device)[0]:
-            return name
-    return "reference"
-
-
-# ----------------------------------------------------------------------------- checks
-
-def _check_matrix(name: str, t, dim: int | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (rows, D), got shape {tuple(t.shape)}")
-    if t.shape[1] < 1:
-        raise ValueError(f"{name} must have D >= 1 columns, got shape {tuple(t.shape)}")
-    if dim is not None and t.shape[1] != dim:
-        raise ValueError(f"{name} must have D = {dim} columns to match the first input, got shape {tuple(t.shape)}")
-
-
-def _check_pair(x, y, rowwise: bool, names=("x", "y")) -> None:
-    _check_matrix(names[0], x)
-    _check_matrix(names[1], y, dim=x.shape[1])
-    if y.dtype != x.dtype:
-        raise TypeError(f"{names[0]} and {names[1]} must share a dtype, got {x.dtype} and {y.dtype}")
-    if y.device != x.device:
-        raise ValueError(f"{names[0]} and {names[1]} must be on one device, got {x.device} and {y.device}")
-    if rowwise and y.shape[0] != x.shape[0]:
-        raise ValueError(f"{names[1]} must have as many rows as {names[0]} ({x.shape[0]}), got {y.shape[0]}")
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _is_tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
-def as_positive_scalar(name: str, value, like: torch.Tensor) -> torch.Tensor:
-    """Check a Python float or 0-dim tensor is finite and > 0; return it as a 0-dim tensor of
-    the compute dtype on ``like``'s device (differentiably, for tensors)."""
-    dtype = compute_dtype(like.dtype)
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.ndim > 1:
-            raise ValueError(f"{name} must be a float or a 0-dim tensor, got shape {tuple(value.shape)}")
-        if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor, got {value.dtype}")
-        if value.device != like.device:
-            raise ValueError(f"{name} must be on the inputs' device {like.device}, got {value.device}")
-        if not _is_tracing():
-            v = float(value.detach())
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {v}")
-        return value.reshape(()).to(dtype)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float or a 0-dim tensor, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return torch.tensor(float(value), dtype=dtype, device=like.device)
-
-
-def _check_min_radius(min_radius) -> float:
-    if isinstance(min_radius, bool) or not isinstance(min_radius, (int, float)):
-        raise TypeError(f"min_radius must be a float, got {type(min_radius).__name__}")
-    if not (math.isfinite(min_radius) and min_radius > 0):
-        raise ValueError(f"min_radius must be finite and > 0, got {min_radius}")
-    return float(min_radius)
+def resolve_backend(backend, device: torch.device, op: str = "pairwise_dist") -> str:
+    """The backend ``op`` will use on ``device`` (see :func:`hypkern.kernels.registry.resolve`)."""
+    return registry.resolve(op, backend, torch.device(device).type)
 
 
 # ----------------------------------------------------------------------------- custom ops
-
-def _kernels(backend: str):
-    module, reason = _kernel_module(backend)
-    if module is None:
-        raise RuntimeError(f"backend {backend!r} is not available: {reason}")
-    return module
-
 
 def _define(name: str, arg_names: tuple[str, ...], has_radius: bool, out_shape):
     """Register ``hypkern::name`` and ``hypkern::name_backward`` with fake kernels and autograd."""
@@ -202,11 +58,11 @@ def _define(name: str, arg_names: tuple[str, ...], has_radius: bool, out_shape):
 
     def fwd(*args):
         *tensors, backend = args
-        return getattr(_kernels(backend), f"{name}_fwd")(*tensors)
+        return getattr(registry.kernels(backend), f"{name}_fwd")(*tensors)
 
     def bwd(*args):
         grad, *rest, backend = args
-        return tuple(getattr(_kernels(backend), f"{name}_bwd")(grad.contiguous(), *rest))
+        return tuple(getattr(registry.kernels(backend), f"{name}_bwd")(grad.contiguous(), *rest))
 
     op = torch.library.custom_op(
         f"hypkern::{name}", fwd, mutates_args=(),
@@ -254,8 +110,8 @@ _OPS = {
 
 
 def _run(name: str, tensors: tuple[torch.Tensor, ...], curv, backend, extra=()):
-    c = as_positive_scalar("curv", curv, tensors[0])
-    chosen = resolve_backend(backend, tensors[0].device)
+    c = positive_scalar("curv", curv, tensors[0])
+    chosen = registry.resolve(name, backend, tensors[0].device.type)
     if chosen == "reference" or any(t.shape[0] == 0 for t in tensors):
         return getattr(reference, name)(*tensors, c, *extra)
     return _OPS[name](*(t.contiguous() for t in tensors), c, *extra, chosen)
@@ -265,43 +121,43 @@ def _run(name: str, tensors: tuple[torch.Tensor, ...], curv, backend, extra=()):
 
 def pairwise_inner(x: torch.Tensor, y: torch.Tensor, curv, *, backend: str | None = None) -> torch.Tensor:
     """Lorentz inner products ``<x_i, y_j>_L = x_i.y_j - x_t,i y_t,j``: (N, D), (M, D) -> (N, M)."""
-    _check_pair(x, y, rowwise=False)
+    check_pair(x, y, rowwise=False)
     return _run("pairwise_inner", (x, y), curv, backend)
 
 
 def pairwise_dist(x: torch.Tensor, y: torch.Tensor, curv, *, backend: str | None = None) -> torch.Tensor:
     """Geodesic distances ``acosh(-c<x_i, y_j>_L)/sqrt(c)``: (N, D), (M, D) -> (N, M)."""
-    _check_pair(x, y, rowwise=False)
+    check_pair(x, y, rowwise=False)
     return _run("pairwise_dist", (x, y), curv, backend)
 
 
 def dist(x: torch.Tensor, y: torch.Tensor, curv, *, backend: str | None = None) -> torch.Tensor:
     """Row-wise geodesic distance ``d(x_i, y_i)``: (N, D), (N, D) -> (N,)."""
-    _check_pair(x, y, rowwise=True)
+    check_pair(x, y, rowwise=True)
     return _run("dist", (x, y), curv, backend)
 
 
 def exp_map0(v: torch.Tensor, curv, *, backend: str | None = None) -> torch.Tensor:
     """Exponential map at the origin ``sinh(sqrt(c)|v|) v/(sqrt(c)|v|)`` (``sqrt(c)|v|`` capped
     at ``asinh(2^15)``): (N, D) -> (N, D)."""
-    _check_matrix("v", v)
+    check_matrix("v", v)
     return _run("exp_map0", (v,), curv, backend)
 
 
 def log_map0(x: torch.Tensor, curv, *, backend: str | None = None) -> torch.Tensor:
     """Logarithmic map at the origin ``asinh(sqrt(c)|x|) x/(sqrt(c)|x|)``: (N, D) -> (N, D)."""
-    _check_matrix("x", x)
+    check_matrix("x", x)
     return _run("log_map0", (x,), curv, backend)
 
 
 def half_aperture(x: torch.Tensor, curv, min_radius: float = 0.1, *, backend: str | None = None) -> torch.Tensor:
     """Entailment-cone half-aperture ``asin(2K/(sqrt(c)|x|))``, argument clipped at
     ``1 - 1e-6``: (N, D) -> (N,)."""
-    _check_matrix("x", x)
-    return _run("half_aperture", (x,), curv, backend, (_check_min_radius(min_radius),))
+    check_matrix("x", x)
+    return _run("half_aperture", (x,), curv, backend, (check_min_radius(min_radius),))
 
 
 def oxy_angle(x: torch.Tensor, y: torch.Tensor, curv, *, backend: str | None = None) -> torch.Tensor:
     """Exterior angle at ``x`` of the triangle O-x-y: (N, D), (N, D) -> (N,)."""
-    _check_pair(x, y, rowwise=True)
+    check_pair(x, y, rowwise=True)
     return _run("oxy_angle", (x, y), curv, backend)

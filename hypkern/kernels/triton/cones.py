@@ -225,3 +225,99 @@ def oxy_angle_bwd(grad, x, y, curv):
     _oxy_bwd_kernel[grid](x, y, curv_operand(curv, x), grad, dx, dy, cpart, n, d,
                           CDT=tl_compute(x.dtype), **cfg)
     return dx, dy, finish_curv_grad(cpart, curv)
+
+
+# ----------------------------------------------------------------------------- entailment
+
+@triton.jit
+def _entail_core(a, b, e, f, c, g, TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr, SIGN: tl.constexpr,
+                 MARGIN: tl.constexpr, WITH_GRAD: tl.constexpr):
+    """Per row ``relu(SIGN (oxy_angle - half_aperture) + MARGIN)`` from the two cone cores and,
+    with WITH_GRAD, ``g *`` its partials: (loss, d/da, d/db, d/de, d/df, d/dc, d_aperture/d|x|/|x|).
+    The clipping is exactly that of ``oxy_angle`` and ``half_aperture`` (the cores are theirs)."""
+    aper, dn_over_n, dc_aper = _half_aperture_core(a, c, TWO_K, TWO_K_HI)
+    # The angle's partials are linear in the upstream gradient: take them for 1 and scale.
+    angle, u_a, u_b, u_e, u_f, u_c = _oxy_core(a, b, e, f, c, tl.full(a.shape, 1.0, a.dtype), WITH_GRAD)
+    val = SIGN * (angle - aper) + MARGIN
+    loss = tl.maximum(val, 0.0)
+    if WITH_GRAD:
+        g_val = tl.where(val > 0.0, g * SIGN, 0.0)      # d loss / d angle = -d loss / d aperture
+        g_a = g_val * u_a
+        g_b = g_val * u_b
+        g_e = g_val * u_e
+        g_f = g_val * u_f
+        g_c = g_val * (u_c - dc_aper)
+        g_n = -g_val * dn_over_n
+    else:
+        g_a = loss
+        g_b = loss
+        g_e = loss
+        g_f = loss
+        g_c = loss
+        g_n = loss
+    return loss, g_a, g_b, g_e, g_f, g_c, g_n
+
+
+@triton.jit
+def _entail_fwd_kernel(X, Y, CURV, OUT, N, D, TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr, SIGN: tl.constexpr,
+                       MARGIN: tl.constexpr, CDT: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rmask = rows < N
+    a, b, e, f = _dist_scalars(X, Y, rows.to(tl.int64) * D, rmask, D, CDT, BD, BR)
+    c = tl.load(CURV).to(CDT)
+    loss, _, _, _, _, _, _ = _entail_core(a, b, e, f, c, a, TWO_K, TWO_K_HI, SIGN, MARGIN, False)
+    tl.store(OUT + rows, loss, mask=rmask)
+
+
+@triton.jit
+def _entail_bwd_kernel(X, Y, CURV, G, DX, DY, CPART, N, D, TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr,
+                       SIGN: tl.constexpr, MARGIN: tl.constexpr, CDT: tl.constexpr, BR: tl.constexpr,
+                       BD: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BR + tl.arange(0, BR)
+    rmask = rows < N
+    base = rows.to(tl.int64) * D
+    a, b, e, f = _dist_scalars(X, Y, base, rmask, D, CDT, BD, BR)
+    c = tl.load(CURV).to(CDT)
+    g = tl.load(G + rows, mask=rmask, other=0.0).to(CDT)
+    _, g_a, g_b, g_e, g_f, g_c, g_n = _entail_core(a, b, e, f, c, g, TWO_K, TWO_K_HI, SIGN, MARGIN, True)
+    tl.store(CPART + pid, tl.sum(tl.where(rmask, g_c, 0.0), 0))
+    for k0 in range(0, D, BD):
+        ks = k0 + tl.arange(0, BD)
+        m = rmask[:, None] & (ks[None, :] < D)
+        ptr = base[:, None] + ks[None, :]
+        x = tl.load(X + ptr, mask=m, other=0.0).to(CDT)
+        y = tl.load(Y + ptr, mask=m, other=0.0).to(CDT)
+        de = (2.0 * g_e)[:, None] * (x - y)
+        dx = de + (2.0 * (g_f + g_a) + g_n)[:, None] * x
+        dy = -de + (2.0 * (g_b - g_f))[:, None] * y
+        tl.store(DX + ptr, dx.to(DX.dtype.element_ty), mask=m)
+        tl.store(DY + ptr, dy.to(DY.dtype.element_ty), mask=m)
+
+
+def _entail_consts(min_radius, sign, margin):
+    return dict(**_k_consts(min_radius), SIGN=float(sign), MARGIN=float(margin))
+
+
+def entailment_fwd(text, image, curv, min_radius, sign, margin):
+    """Per-row ``relu(sign (oxy_angle(text, image) - half_aperture(text)) + margin)`` in the
+    compute dtype (float32; float64 for float64 inputs)."""
+    n, d = text.shape
+    out = torch.empty(n, device=text.device, dtype=compute_dtype(text.dtype))
+    cfg = row_config(d)
+    _entail_fwd_kernel[(triton.cdiv(n, cfg["BR"]),)](
+        text, image, curv_operand(curv, text), out, n, d, **_entail_consts(min_radius, sign, margin),
+        CDT=tl_compute(text.dtype), **cfg)
+    return out
+
+
+def entailment_bwd(grad, text, image, curv, min_radius, sign, margin):
+    """Gradients (text, image, curv) of ``sum(grad * entailment_fwd(...))``."""
+    n, d = text.shape
+    cfg = row_config(d)
+    grid = (triton.cdiv(n, cfg["BR"]),)
+    dx, dy = torch.empty_like(text), torch.empty_like(image)
+    cpart = torch.empty(grid[0], device=text.device, dtype=compute_dtype(text.dtype))
+    _entail_bwd_kernel[grid](text, image, curv_operand(curv, text), grad, dx, dy, cpart, n, d,
+                             **_entail_consts(min_radius, sign, margin), CDT=tl_compute(text.dtype), **cfg)
+    return dx, dy, finish_curv_grad(cpart, curv)

@@ -1,6 +1,6 @@
-"""Triton kernels for the fused losses: tiled contrastive loss (Lorentz and cosine logits) and
-the one-pass entailment / calibration loss. Same math as ``hypkern.kernels.chunked`` (read its
-docstring for the formulas); this module only changes where it runs.
+"""Triton kernels of the contrastive statistics (Lorentz and cosine logits); the same math as
+``hypkern.kernels.chunked`` (read its docstring for the formulas), on the GPU. The entailment
+kernels compose the cone cores and live in ``cones.py``.
 
 Contrastive, four launches of one stats kernel and one gradient kernel, no atomics:
 
@@ -23,26 +23,13 @@ import triton
 import triton.language as tl
 import torch
 
-from ...lorentz.constants import ASIN_EPS
 from . import _math as M
 from ._common import INTERPRET, compute_dtype, pow2, tl_compute
 
-__all__ = ["supports", "triton_contrastive", "triton_entailment_rows"]
+__all__ = ["contrastive_fwd", "contrastive_bwd"]
 
 KIND_LORENTZ = 0
 KIND_COSINE = 1
-
-
-def supports(device) -> tuple[bool, str]:
-    """CUDA, or CPU tensors under the Triton interpreter (TRITON_INTERPRET=1 at import)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return (True, "") if torch.cuda.is_available() else (False, "no CUDA device")
-    if device.type == "cpu":
-        if INTERPRET:
-            return True, ""
-        return False, "Triton runs on CPU only in its interpreter: set TRITON_INTERPRET=1 before importing hypkern"
-    return False, f"Triton kernels do not run on {device.type} tensors"
 
 
 # ----------------------------------------------------------------------------- tile math
@@ -219,184 +206,55 @@ def _grad(kind, p, q, pt, qt, params, lse_p, hw_p, lse_q, hw_q, tgt, posw, tgt_o
     return dp, dpt, part.sum(0)
 
 
-class _TritonContrastive(torch.autograd.Function):
-    """Per-pair losses (as ``chunked.TiledContrastive``) with the Triton kernels."""
-
-    @staticmethod
-    def forward(ctx, kind, x, y, xt, yt, c, beta, targets, reduce_cols, reduce_colw):
-        k = KIND_LORENTZ if kind == "lorentz" else KIND_COSINE
-        cd = compute_dtype(x.dtype)
-        x, y = x.contiguous(), y.contiguous()
-        if k == KIND_LORENTZ:
-            xt_, yt_ = xt.detach().to(cd).contiguous(), yt.detach().to(cd).contiguous()
-            c_ = c.detach().to(cd).reshape(1)
-        else:
-            xt_ = torch.ones(x.shape[0], device=x.device, dtype=cd)
-            yt_ = torch.ones(y.shape[0], device=x.device, dtype=cd)
-            c_ = torch.ones(1, device=x.device, dtype=cd)
-        params = torch.cat([c_, beta.detach().to(cd).reshape(1)]).contiguous()
-        tgt = targets.contiguous()
-        row_lse, pos = _lse(k, x, y, xt_, yt_, params, tgt)
-        col_lse, _ = _lse(k, y, x, yt_, xt_, params, None)
-        if reduce_cols is not None:
-            col_lse = reduce_cols(col_lse)
-        per_pair = 0.5 * ((row_lse - pos) + (col_lse[targets] - pos))
-        ctx.k, ctx.reduce_colw, ctx.dtypes = k, reduce_colw, (x.dtype, y.dtype)
-        ctx.save_for_backward(x, y, xt_, yt_, params, tgt, row_lse, col_lse)
-        return per_pair
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, y, xt_, yt_, params, tgt, row_lse, col_lse = ctx.saved_tensors
-        k = ctx.k
-        grad = grad.to(params.dtype).contiguous()
-        colw = torch.zeros(y.shape[0], device=y.device, dtype=params.dtype).scatter_add_(0, tgt, grad)
-        if ctx.reduce_colw is not None:
-            colw = ctx.reduce_colw(colw)
-        hw_row, hw_col = (0.5 * grad).contiguous(), (0.5 * colw).contiguous()
-        dx, dxt, part = _grad(k, x, y, xt_, yt_, params, row_lse, hw_row, col_lse, hw_col, tgt, grad, False)
-        dy, dyt, _ = _grad(k, y, x, yt_, xt_, params, col_lse, hw_col, row_lse, hw_row, tgt, grad, True)
-        g_c, g_beta = part[0].reshape(()), part[1].reshape(())
-        dx, dy = dx.to(ctx.dtypes[0]), dy.to(ctx.dtypes[1])
-        if k == KIND_LORENTZ:
-            return None, dx, dy, dxt, dyt, g_c, g_beta, None, None, None
-        return None, dx, dy, None, None, None, g_beta, None, None, None
-
-
-@torch.compiler.disable
-def triton_contrastive(kind, x, y, xt, yt, c, beta, targets, blocks=None, reduce_cols=None, reduce_colw=None):
-    """Per-pair contrastive losses with the Triton kernels (``blocks`` is ignored: the kernels
+def contrastive_fwd(kind: str, x, y, c, beta, targets, block_rows: int = 0, block_cols: int = 0):
+    """``(r (N,), C (M,), p (N,))``: row/column log-sum-exp and positive logit (see
+    :mod:`hypkern.kernels.chunked`), in the compute dtype; ``block_*`` are ignored (the kernels
     choose their tiles)."""
-    return _TritonContrastive.apply(kind, x, y, xt, yt, c, beta, targets, reduce_cols, reduce_colw)
+    k, x, y, xt, yt, params = _operands(kind, x, y, c, beta)
+    tgt = targets.contiguous()
+    row_lse, pos = _lse(k, x, y, xt, yt, params, tgt)
+    col_lse, _ = _lse(k, y, x, yt, xt, params, None)
+    return row_lse, col_lse, pos
 
 
-# ----------------------------------------------------------------------------- entailment
-
-@triton.jit
-def _entail_kernel(X, Y, CURV, LOSS, GX, GY, GC, N, D,
-                   TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr, SIGN: tl.constexpr, MARGIN: tl.constexpr,
-                   NEED_GRAD: tl.constexpr, CDT: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    """Per row: loss = relu(SIGN (oxy_angle(x, y) - half_aperture(x)) + MARGIN) and, in the
-    same pass, its gradient (x, y, c) for a unit upstream gradient; see
-    ``chunked.entailment_terms`` for the formulas and clipping."""
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    rmask = rows < N
-    base = rows.to(tl.int64) * D
-    n2 = tl.zeros([BR], CDT)
-    m2 = tl.zeros([BR], CDT)
-    e = tl.zeros([BR], CDT)
-    f = tl.zeros([BR], CDT)
-    for k0 in range(0, D, BD):
-        ks = k0 + tl.arange(0, BD)
-        msk = rmask[:, None] & (ks[None, :] < D)
-        x = tl.load(X + base[:, None] + ks[None, :], mask=msk, other=0.0).to(CDT)
-        y = tl.load(Y + base[:, None] + ks[None, :], mask=msk, other=0.0).to(CDT)
-        dxy = x - y
-        n2 += tl.sum(x * x, 1)
-        m2 += tl.sum(y * y, 1)
-        e += tl.sum(dxy * dxy, 1)
-        f += tl.sum(dxy * (x + y), 1)
-    c = tl.load(CURV).to(CDT)
-    inv_c = 1.0 / c
-    nrm = tl.sqrt(n2)
-    xt = tl.sqrt(inv_c + n2)
-    yt = tl.sqrt(inv_c + m2)
-    s_t = xt + yt
-    gap = f / s_t                                 # x_t - y_t
-    q_raw = e - gap * gap                         # |x - y|_L^2
-    q = tl.maximum(q_raw, 0.0)
-    u = 0.5 * c * q                               # z - 1
-    root = tl.sqrt(u * (u + 2.0))
-    numer = -gap - u * xt
-    den_raw = nrm * root
-    den = M.max_c(den_raw, M.ANGLE_DENOM_EPS)
-    ratio = numer / den
-    arg_q = M.min_c(M.max_c(ratio, M.ASIN_LO), M.ASIN_HI)
-    angle = M.acos(arg_q)
-    sc = tl.sqrt(c)
-    n_min = TWO_K_HI / sc
-    nn = tl.where(nrm > n_min, nrm, n_min)
-    arg_raw = TWO_K / (sc * nn)
-    arg = M.min_c(arg_raw, M.ASIN_HI)
-    aperture = M.asin(arg)
-    val = SIGN * (angle - aperture) + MARGIN
-    tl.store(LOSS + rows, tl.maximum(val, 0.0), mask=rmask)
-    if NEED_GRAD:
-        act = tl.where(val > 0.0, 1.0, 0.0)
-        r_in = (ratio >= M.ASIN_LO) & (ratio <= M.ASIN_HI)
-        g_r = tl.where(r_in, -SIGN * act * M.asin_d(arg_q), 0.0)
-        g_num = g_r / den
-        g_den = tl.where(den_raw >= M.ANGLE_DENOM_EPS, -g_r * ratio / den, 0.0)
-        g_gap = -g_num
-        g_u = -g_num * xt
-        g_xt = -g_num * u
-        g_n = g_den * root
-        root_ok = root > 0.0
-        g_u += tl.where(root_ok, g_den * nrm * (u + 1.0) / tl.where(root_ok, root, 1.0), 0.0)
-        g_c = g_u * 0.5 * q
-        g_q = tl.where(q_raw >= 0.0, g_u * 0.5 * c, 0.0)
-        g_e = g_q
-        g_gap -= 2.0 * gap * g_q
-        g_f = g_gap / s_t
-        g_xt -= g_gap * gap / s_t
-        g_yt = -g_gap * gap / s_t
-        ha_live = (nrm > n_min) & (arg_raw <= M.ASIN_HI)
-        g_arg = tl.where(ha_live, -SIGN * act * M.asin_d(arg), 0.0)
-        g_n -= g_arg * arg / tl.where(ha_live, nn, 1.0)
-        g_c -= g_arg * arg * (0.5 * inv_c)
-        g_c -= (g_xt / xt + g_yt / yt) * (0.5 * inv_c * inv_c)
-        g_n2 = g_xt / (2.0 * xt) + g_f
-        g_m2 = g_yt / (2.0 * yt) - g_f
-        coef_x = 2.0 * g_n2 + tl.where(nrm > 0.0, g_n / tl.where(nrm > 0.0, nrm, 1.0), 0.0)
-        coef_y = 2.0 * g_m2
-        coef_d = 2.0 * g_e
-        tl.store(GC + rows, g_c, mask=rmask)
-        for k0 in range(0, D, BD):
-            ks = k0 + tl.arange(0, BD)
-            msk = rmask[:, None] & (ks[None, :] < D)
-            x = tl.load(X + base[:, None] + ks[None, :], mask=msk, other=0.0).to(CDT)
-            y = tl.load(Y + base[:, None] + ks[None, :], mask=msk, other=0.0).to(CDT)
-            dxy = x - y
-            gx = coef_x[:, None] * x + coef_d[:, None] * dxy
-            gy = coef_y[:, None] * y - coef_d[:, None] * dxy
-            tl.store(GX + base[:, None] + ks[None, :], gx, mask=msk)
-            tl.store(GY + base[:, None] + ks[None, :], gy, mask=msk)
+def contrastive_bwd(kind: str, g_row, g_col, g_pos, x, y, c, beta, targets, row_lse, col_lse,
+                    block_rows: int = 0, block_cols: int = 0):
+    """``(dx, dy, dc, dbeta)`` from the upstream gradients of ``(r, C, p)``: two launches of
+    ``_grad_kernel`` (images, then texts), no atomics; the time components' gradient is folded
+    into ``dx``, ``dy`` and ``dc`` here."""
+    k, xc, yc, xt, yt, params = _operands(kind, x, y, c, beta)
+    cd = params.dtype
+    tgt = targets.contiguous()
+    g_row, g_col = g_row.to(cd).contiguous(), g_col.to(cd).contiguous()
+    posw = (-g_pos).to(cd).contiguous()
+    row_lse, col_lse = row_lse.to(cd).contiguous(), col_lse.to(cd).contiguous()
+    dx, dxt, part = _grad(k, xc, yc, xt, yt, params, row_lse, g_row, col_lse, g_col, tgt, posw, False)
+    dy, dyt, _ = _grad(k, yc, xc, yt, xt, params, col_lse, g_col, row_lse, g_row, tgt, posw, True)
+    g_c, g_beta = part[0], part[1]
+    if k == KIND_LORENTZ:
+        cc = params[0]
+        ax, ay = dxt / xt, dyt / yt                      # xt = sqrt(1/c + |x|^2)
+        g_c = g_c - (ax.sum() + ay.sum()) / (2.0 * cc * cc)
+        dx = dx.addcmul_(xc.to(cd), ax[:, None])
+        dy = dy.addcmul_(yc.to(cd), ay[:, None])
+    else:
+        g_c = torch.zeros_like(g_c)
+    return dx.to(x.dtype), dy.to(y.dtype), g_c.reshape(()).to(c.dtype), g_beta.reshape(()).to(beta.dtype)
 
 
-class _TritonEntailment(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, y, c, min_radius, sign, margin):
-        n, d = x.shape
-        cd = compute_dtype(x.dtype)
-        x, y = x.contiguous(), y.contiguous()
-        need = any(t.requires_grad for t in (x, y, c))
-        loss = torch.empty(n, device=x.device, dtype=cd)
-        gx = torch.empty(n, d, device=x.device, dtype=cd) if need else loss
-        gy = torch.empty(n, d, device=x.device, dtype=cd) if need else loss
-        gc = torch.empty(n, device=x.device, dtype=cd) if need else loss
-        if INTERPRET:
-            cfg = dict(BR=pow2(n, 16, 128), BD=pow2(d, 16, 512))
-        else:
-            bd = pow2(d, 16, 256)
-            cfg = dict(BR=max(1, 4096 // bd) if bd < 256 else 16, BD=bd, num_warps=4)
-        _entail_kernel[(triton.cdiv(n, cfg["BR"]),)](
-            x, y, c.detach().to(cd).reshape(1).contiguous(), loss, gx, gy, gc, n, d,
-            TWO_K=2.0 * min_radius, TWO_K_HI=2.0 * min_radius / (1.0 - ASIN_EPS), SIGN=float(sign),
-            MARGIN=float(margin), NEED_GRAD=need, CDT=tl_compute(x.dtype), **cfg)
-        if need:
-            ctx.save_for_backward(gx, gy, gc)
-        ctx.dtypes = (x.dtype, y.dtype, c.dtype)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):
-        gx, gy, gc = ctx.saved_tensors
-        grad = grad.to(gx.dtype)
-        return ((grad[:, None] * gx).to(ctx.dtypes[0]), (grad[:, None] * gy).to(ctx.dtypes[1]),
-                (grad * gc).sum().to(ctx.dtypes[2]), None, None, None)
-
-
-def triton_entailment_rows(text, image, c, min_radius: float, sign: float, margin: float):
-    """Per-row entailment (``sign=+1``) or calibration (``sign=-1``, ``margin``) losses, float32
-    (float64 for float64 inputs); the gradient is computed in the forward kernel."""
-    return _TritonEntailment.apply(text, image, c, min_radius, sign, margin)
+def _operands(kind, x, y, c, beta):
+    """(kind id, x, y, xt, yt, params=[c, beta]) for the kernels, in the compute dtype for the
+    scalars; features stay in their own dtype (the kernels accumulate in float32)."""
+    k = KIND_LORENTZ if kind == "lorentz" else KIND_COSINE
+    cd = compute_dtype(x.dtype)
+    x, y = x.contiguous(), y.contiguous()
+    if k == KIND_LORENTZ:
+        c_ = c.detach().to(cd).reshape(1)
+        xt = torch.sqrt(torch.linalg.vecdot(x.to(cd), x.to(cd)) + 1.0 / c_)
+        yt = torch.sqrt(torch.linalg.vecdot(y.to(cd), y.to(cd)) + 1.0 / c_)
+    else:
+        c_ = torch.ones(1, device=x.device, dtype=cd)
+        xt = torch.ones(x.shape[0], device=x.device, dtype=cd)
+        yt = torch.ones(y.shape[0], device=x.device, dtype=cd)
+    params = torch.cat([c_, beta.detach().to(cd).reshape(1)]).contiguous()
+    return k, x, y, xt.contiguous(), yt.contiguous(), params
