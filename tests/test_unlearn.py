@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -287,6 +288,115 @@ def test_config_files_roundtrip(tmp_path):
     assert UnlearnConfig.from_file(j) == cfg
     assert UnlearnConfig().resolved_method("lorentz") == "hac"
     assert UnlearnConfig().resolved_method("euclidean") == "ac"
+
+
+# ---------------------------------------------------------------------------- backends, host syncs
+
+#: Which backend settings run an unlearning step on the CPU (True) and which the config
+#: refuses before step 0 (False): MERU needs a contrastive loss, dist and entailment; CLIP
+#: only the contrastive loss. Triton runs on the CPU only under the interpreter.
+_TRITON_CPU = __import__("os").environ.get("TRITON_INTERPRET") == "1"
+_BACKEND_RUNS = {
+    "reference": (True, True), "chunked": (False, True), "native": (False, False),
+    "triton": (_TRITON_CPU, _TRITON_CPU), "native,chunked": (True, True), "chunked,native": (True, True),
+    "native,reference": (True, True),
+}
+
+
+def test_backend_table_covers_every_backend():
+    from hypkern.kernels import registry
+    assert set(registry.BACKENDS) <= set(_BACKEND_RUNS)
+
+
+@pytest.mark.parametrize("backend", sorted(_BACKEND_RUNS))
+@pytest.mark.parametrize("geometry", ["lorentz", "euclidean"])
+def test_config_backend_checked_before_step_0(backend, geometry, toy_data):
+    train, _ = toy_data
+    runs = _BACKEND_RUNS[backend][geometry == "euclidean"]
+    steps_run = []
+    kw = dict(steps=1, retain_batch_size=4, forget_batch_size=2, progress=False, eval=False, backend=backend,
+              callbacks=[lambda done, record: steps_run.append(record)])
+    if runs:
+        res = unlearn(toy_model(geometry), ["dog"], train, **kw)
+        assert len(steps_run) == 1 and math.isfinite(res.history[-1]["total"])
+    else:
+        with pytest.raises(ConfigError, match=r"field 'backend'.*cannot run .*backends that can"):
+            unlearn(toy_model(geometry), ["dog"], train, **kw)
+        assert steps_run == []  # refused before the first step
+
+
+def test_config_backend_names_and_parallel_checked_on_construction():
+    with pytest.raises(ConfigError, match=r"'backend'.*must be one of .*'cuda'"):
+        UnlearnConfig(backend="cuda")
+    with pytest.raises(ConfigError, match=r"'backend'.*must be one of .*'chunkd'"):
+        UnlearnConfig(backend="native,chunkd")
+    with pytest.raises(ConfigError, match=r"'parallel'.*'fsdp' is not offered"):
+        UnlearnConfig(parallel="fsdp")
+    with pytest.raises(ConfigError, match="'check_values'"):
+        UnlearnConfig(check_values="never")
+
+
+_HOST_READS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+@pytest.mark.parametrize("geometry,extra", [("lorentz", dict(micro_batch_size=3)), ("euclidean", {}),
+                                            ("lorentz", dict(check_values="every_step"))])
+def test_no_host_sync_inside_a_step_after_the_first(geometry, extra, toy_data, monkeypatch):
+    """Counts every read of a tensor value on the host (what is a device->host sync on a GPU)
+    inside each optimiser step: the first step runs the value checks, later steps read
+    nothing (unless check_values='every_step'); the history still holds every step."""
+    from hypkern.unlearning import trainer as T
+    train, _ = toy_data
+    counts, real_step = [], T.Trainer._train_step
+    current = [0]
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            caller = sys._getframe(1).f_code
+            # torch's optimisers read their own step counter, a CPU tensor even on CUDA: no sync
+            if not (caller.co_name == "_get_value" and caller.co_filename.endswith("optimizer.py")):
+                current[0] += 1
+            return real(self, *a, **k)
+        return read
+
+    def counted_step(self, *a, **k):
+        current[0] = 0
+        with monkeypatch.context() as m:
+            for name in _HOST_READS:
+                m.setattr(torch.Tensor, name, counting(name))
+            out = real_step(self, *a, **k)
+        counts.append(current[0])
+        return out
+
+    monkeypatch.setattr(T.Trainer, "_train_step", counted_step)
+    res = unlearn(toy_model(geometry), ["dog"], train, steps=4, retain_batch_size=6, forget_batch_size=3,
+                  progress=False, eval=False, log_every=100, **extra)
+    assert len(counts) == 4 and counts[0] > 0, counts  # the counter sees the first step's checks
+    if extra.get("check_values") == "every_step":
+        assert all(c > 0 for c in counts), counts
+    else:
+        assert counts[1:] == [0, 0, 0], counts
+    assert [r["step"] for r in res.history] == [1, 2, 3, 4]
+    assert all(isinstance(r["total"], float) and isinstance(r["grad_norm"], float) for r in res.history)
+
+
+def test_one_contrastive_pass_per_step(toy_data, monkeypatch):
+    """align, retain_ce and forget_ce come from one call of the fused contrastive kernel."""
+    from hypkern.kernels import chunked
+    train, _ = toy_data
+    calls, real = [], chunked.contrastive_fwd
+
+    def probe(*args):
+        calls.append(1)
+        return real(*args)
+    monkeypatch.setattr(chunked, "contrastive_fwd", probe)
+    res = unlearn(toy_model("lorentz"), ["dog"], train, steps=3, retain_batch_size=6, forget_batch_size=3,
+                  progress=False, eval=False, backend="native,chunked")
+    assert len(calls) == 3
+    r = res.history[-1]
+    assert r["align"] == pytest.approx((6 * r["retain_ce"] + 3 * r["forget_ce"]) / 9, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -47,3 +47,70 @@ def test_two_ranks_match_one_process(tmp_path):
             if w.is_floating_point():
                 moved = max(moved, float((w - start[name]).abs().max()))
         assert moved > 1e-3, f"{geometry}: the runs did not train"
+
+
+# ------------------------------------------------------------------ sharded loss work per rank
+
+def _probe_worker(rank: int, world: int, port: int, jobs: list) -> None:
+    """One rank: unlearn with a probe on the chunked contrastive kernel (rows and columns
+    of every call) and a callback that keeps the first step's summed gradients."""
+    import torch.distributed as tdist
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        for geometry, config, out_path in jobs:
+            torch.save(_probed_run(geometry, config), f"{out_path}.rank{rank}")
+    finally:
+        tdist.destroy_process_group()
+
+
+def _probed_run(geometry: str, config: dict) -> dict:
+    from hypkern.kernels import chunked
+    calls, grads = [], {}
+    real = chunked.contrastive_fwd
+
+    def probe(kind, x, y, *args):
+        calls.append((int(x.shape[0]), int(y.shape[0])))
+        return real(kind, x, y, *args)
+
+    model = toy_model(geometry, seed=0)
+
+    def keep_grads(done, record):
+        if done == 1:
+            grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    chunked.contrastive_fwd = probe
+    try:
+        res = unlearn(model, ["dog"], toy_pairs(8, seed=0), callbacks=[keep_grads], **config)
+    finally:
+        chunked.contrastive_fwd = real
+    return {"calls": calls, "grads": grads, "history": res.history}
+
+
+@pytest.mark.distributed
+def test_two_ranks_each_compute_half_the_rows_with_equal_loss_and_gradients(tmp_path):
+    """Each rank's contrastive kernel sees B/W image rows against all B texts; the logged loss
+    terms and every parameter gradient of a step equal the one-process run on the whole batch."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = {**BASE, "steps": 2, "backend": "native,chunked", "train_scalars": True}
+    jobs = [(g, {**cfg, **extra}, str(tmp_path / g)) for g, extra in CASES.items()]
+    mp.spawn(_probe_worker, args=(2, _free_port(), jobs), nprocs=2, join=True)
+    rows = cfg["retain_batch_size"] + cfg["forget_batch_size"]
+    for geometry, config, out in jobs:
+        single = _probed_run(geometry, {**config, "parallel": "auto"})
+        assert single["calls"] == [(rows, rows)] * config["steps"], single["calls"]
+        for rank in range(2):
+            got = torch.load(f"{out}.rank{rank}", weights_only=True)
+            assert got["calls"] == [(rows // 2, rows)] * config["steps"], (geometry, rank, got["calls"])
+            for a, b in zip(got["history"], single["history"]):
+                for k in ("total", "align", "retain_ce", "forget_ce", "positive", "entail_cal", "retain_entail",
+                          "norm_reg", "grad_norm"):
+                    if k in b:
+                        assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(b[k])), (geometry, rank, k, a[k], b[k])
+            assert set(got["grads"]) == set(single["grads"]) and single["grads"]
+            for n, g in single["grads"].items():  # fp32: the sums run in another order
+                scale = max(1e-3, float(g.abs().max()))
+                torch.testing.assert_close(got["grads"][n], g, atol=2e-5 * scale, rtol=1e-3,
+                                           msg=lambda m: f"{geometry} rank {rank} d/d{n}: {m}")
+        assert "logit_scale" in single["grads"] and (geometry != "lorentz" or "curv" in single["grads"])

@@ -64,6 +64,11 @@ class VisionLanguageModel(nn.Module, abc.ABC):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> (B, L) token ids for ``encode_text``."""
 
+    def batch_tokens(self, texts: Sequence[str]) -> torch.Tensor:
+        """``tokenize`` for a training batch: a model may drop padding columns no caption of
+        the batch needs here, on the host, so ``encode_text`` never reads device values."""
+        return self.tokenize(texts)
+
     def project_image(self, feats: torch.Tensor) -> torch.Tensor:
         return feats
 

@@ -269,6 +269,11 @@ class MERUCLIP(VisionLanguageModel):
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
         return tokenize(texts, self.context_length)
 
+    def batch_tokens(self, texts: Sequence[str]) -> torch.Tensor:
+        """``tokenize`` cut after the batch's last end-of-text token (the largest id)."""
+        tokens = self.tokenize(texts)
+        return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1] if tokens.numel() else tokens
+
     def encode_image(self, images: torch.Tensor, project: bool = True) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
@@ -281,11 +286,13 @@ class MERUCLIP(VisionLanguageModel):
         if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"tokens must be a (B, L) integer tensor from tokenize(), got "
                              f"{tuple(tokens.shape)} {tokens.dtype}")
+        if (tokens.device.type == "cpu" and tokens.shape[1] == self.context_length and tokens.numel()
+                and not torch.compiler.is_compiling()):
+            # Causal attention: positions after the last end-of-text token never matter. Cut
+            # on the host only (device tokens are used as they are: no device->host sync).
+            tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
         tokens = tokens.to(self.pixel_mean.device).long()
         eot = tokens.argmax(dim=-1)
-        if not torch.compiler.is_compiling() and tokens.numel():
-            # Causal attention: positions after the last end-of-text token never matter.
-            tokens = tokens[:, : int(eot.max()) + 1]
         out = self.textual(tokens)
         feats = self.textual_proj(out[torch.arange(out.shape[0], device=out.device), eot]).float()
         return self.project_text(feats) if project else feats

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 __all__ = ["UnlearnConfig", "ConfigError", "METHODS", "TRAINABLE", "OPTIMIZERS", "SCHEDULES",
-           "PRECISIONS", "POSITIVE_BOUNDS", "PARALLEL"]
+           "PRECISIONS", "POSITIVE_BOUNDS", "PARALLEL", "CHECK_VALUES"]
 
 METHODS = ("auto", "ac", "hac")
 TRAINABLE = ("all", "last_blocks", "projections")
@@ -23,7 +23,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
 POSITIVE_BOUNDS = ("hinge", "softplus")
-PARALLEL = ("auto", "none", "ddp", "fsdp")
+PARALLEL = ("auto", "none", "ddp")
+CHECK_VALUES = ("first_step", "every_step")
 
 
 class ConfigError(ValueError):
@@ -82,9 +83,10 @@ class UnlearnConfig:
     forget_batch_size: int = 32       # global, balanced across concepts
     micro_batch_size: int | None = None  # per-rank encoder chunk for gradient caching; None = off
     precision: str = "fp32"           # fp32 | bf16 | fp16 (encoders; geometry is always fp32)
-    parallel: str = "auto"            # auto (ddp when torch.distributed is initialised) | none | ddp | fsdp
+    parallel: str = "auto"            # auto (ddp when torch.distributed is initialised) | none | ddp
     device: str | None = None         # None = cuda:LOCAL_RANK if available, else cpu
-    backend: str | None = None        # kernel backend for hypkern.losses / ops (None = default)
+    backend: str | None = None        # kernel backend (or comma list) for every op and loss; None = default
+    check_values: str = "first_step"  # first_step | every_step: argument checks that read tensor values
     seed: int = 0
 
     # --- bookkeeping ------------------------------------------------------------------
@@ -92,7 +94,7 @@ class UnlearnConfig:
     checkpoint_every: int = 50        # steps between checkpoints (needs out_dir); 0 = only at end
     keep_checkpoints: int = 1         # how many checkpoints to keep
     resume: bool = False              # continue from out_dir's latest checkpoint
-    log_every: int = 1                # steps between metrics lines / progress updates
+    log_every: int = 10               # steps between metrics flushes (one host transfer) / progress postfix
     progress: bool = True             # tqdm progress bar (rank 0)
     eval: bool = True                 # before/after zero-shot accuracy
     eval_batch_size: int = 128
@@ -132,7 +134,11 @@ class UnlearnConfig:
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("precision", PRECISIONS)
+        if self.parallel == "fsdp":
+            bad("parallel", "'fsdp' is not offered: the trainer shards the loss work over ranks (ddp) and "
+                "the models it targets fit on one device; use 'ddp' or 'none'")
         choice("parallel", PARALLEL)
+        choice("check_values", CHECK_VALUES)
         for name in ("alpha", "beta", "gamma", "gamma_margin", "delta", "retain_entail_weight",
                      "weight_decay", "momentum", "min_lr_ratio"):
             number(name, lo=0.0)
@@ -165,6 +171,12 @@ class UnlearnConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 bad(name, "must be a string or null")
+        if self.backend is not None:
+            from ..kernels import registry
+            try:
+                registry.parse_backend(self.backend)
+            except (TypeError, ValueError) as exc:
+                bad("backend", str(exc))
         if self.resume and not self.out_dir:
             bad("resume", "resume=True needs out_dir (where the checkpoints are)")
         return self
@@ -247,4 +259,22 @@ class UnlearnConfig:
 
     #: Fields that may differ between a run and its resumption (they do not change the maths).
     RESUME_FREE = ("resume", "progress", "log_every", "checkpoint_every", "keep_checkpoints",
-                   "out_dir", "eval", "eval_batch_size", "eval_max_per_class", "device")
+                   "out_dir", "eval", "eval_batch_size", "eval_max_per_class", "device", "check_values")
+
+    def check_backend(self, geometry: str, device_type: str, world: int = 1) -> dict[str, str]:
+        """Resolve the backend of every op and loss a run on ``geometry`` needs, now (before
+        step 0): ``{op: backend}``, or a ``ConfigError`` naming the field and what can run.
+        On several ranks the contrastive loss must be a fused one (the sharded loss)."""
+        from ..kernels import registry
+        ops = (("lorentz_contrastive", "dist", "entailment", "pairwise_dist", "exp_map0")
+               if geometry == "lorentz" else ("clip_contrastive",))
+        try:
+            chosen = registry.check_backend_for(ops, self.backend, device_type)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"unlearn config field 'backend': {exc}") from None
+        loss = "lorentz_contrastive" if geometry == "lorentz" else "clip_contrastive"
+        if world > 1 and chosen[loss] == "reference":
+            raise ConfigError(f"unlearn config field 'backend': {self.backend!r} runs {loss} on 'reference', "
+                              f"which needs every row on one process; with {world} ranks the sharded loss "
+                              "runs on a fused backend (chunked or triton), e.g. backend='chunked'")
+        return chosen

@@ -168,4 +168,5 @@ def fetch_batch(dataset, indices: Sequence[int], model, device) -> tuple[torch.T
         captions.append(item["caption"])
     if not images:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.stack(images).to(device), model.tokenize(captions).to(device)
+    tokens = model.batch_tokens(captions) if hasattr(model, "batch_tokens") else model.tokenize(captions)
+    return torch.stack(images).to(device), tokens.to(device)

@@ -1,13 +1,13 @@
 """Data parallelism for the unlearning trainer (torchrun / ``torch.distributed``).
 
 Scheme (the same maths as DDP, written out so it composes with gradient caching): every rank
-encodes its shard of the global batch, the shards are all-gathered (rank order), and *every
-rank computes the same global loss* ``L``. The gather's backward hands each rank the gradient
-w.r.t. its *own* shard only — ``∂L/∂(local embeddings)`` — so a rank's parameter gradient is
-its shard's contribution to ``∂L/∂θ``; summing the parameter gradients over ranks
-(``all_reduce_grads``) gives exactly ``∂L/∂θ`` of the single-process global batch.
-Parameters the loss uses directly (logit scale, curvature when trained) get the same gradient
-on every rank, so the loss sees them through ``scale_grad(x, 1/world)``.
+encodes its shard of the global batch and computes its *share* ``L_r`` of the global loss
+(``hypkern.unlearning.objectives``: the sharded contrastive loss of its rows against every
+rank's texts, the row-wise terms of its rows), with ``sum_r L_r = L``. The collectives inside
+the loss (``hypkern.losses.distributed``, the package's one gather-with-grad) sum gradients
+over ranks in their backward, so a rank's parameter gradient is its shard's contribution to
+``∂L/∂θ``; summing the parameter gradients over ranks (``all_reduce_grads``) gives exactly
+``∂L/∂θ`` of the single-process global batch, the logit scale and curvature included.
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import os
 import torch
 import torch.distributed as tdist
 
-__all__ = ["rank_world", "gather_cat", "scale_grad", "all_reduce_grads", "broadcast_module",
-           "local_slice", "default_device"]
+from ..losses.distributed import world_info
+
+__all__ = ["rank_world", "all_reduce_grads", "broadcast_module", "local_slice", "default_device"]
 
 
 def rank_world() -> tuple[int, int]:
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    return world_info(None)
 
 
 def default_device() -> torch.device:
@@ -35,51 +35,6 @@ def default_device() -> torch.device:
 def local_slice(n_global: int, rank: int, world: int) -> slice:
     per = n_global // world
     return slice(rank * per, (rank + 1) * per)
-
-
-class _GatherCat(torch.autograd.Function):
-    """Forward: concatenation of every rank's ``(n, D)`` shard in rank order (equal ``n``).
-    Backward: the rows of this rank's shard (see the module docstring)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        rank, world = rank_world()
-        ctx.rank, ctx.n = rank, x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(world)]
-        tdist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-
-def gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """All-gather with a local-slice gradient; identity on one process."""
-    if rank_world()[1] == 1:
-        return x
-    if not x.requires_grad:
-        with torch.no_grad():
-            return _GatherCat.apply(x)
-    return _GatherCat.apply(x)
-
-
-class _ScaleGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, factor):
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.factor, None
-
-
-def scale_grad(x, factor: float):
-    """Identity forward, gradient times ``factor`` backward (no-op for factor 1 / no grad)."""
-    if x is None or factor == 1.0 or not x.requires_grad:
-        return x
-    return _ScaleGrad.apply(x, factor)
 
 
 def all_reduce_grads(params) -> None:

@@ -4,18 +4,27 @@ data parallelism, atomic checkpoints and exact resumption.
 One step (``t`` = the step index, 0-based):
 
 1. ``StepSampler(t)`` gives the global retain and forget indices; this rank takes its
-   contiguous slice of each (``B / world`` rows).
-2. Embeddings. *Plain* (``micro_batch_size=None``): encode the local slice with grad, gather
-   the slices of all ranks (gradient flows back to the local slice only). *Gradient caching*
-   (``micro_batch_size=m``): encode the local slice in chunks of ``m`` without grad, gather,
-   make the gathered embeddings leaves ``E`` with ``requires_grad``.
-3. ``L = unlearning_loss(E)`` on the whole global batch (fp32 geometry, identical on every
-   rank); backward. Caching: ``G = ∂L/∂E`` for the local rows, then re-encode each chunk with
-   grad and backprop ``G`` through it — ``Σ_chunks (∂e/∂θ)ᵀ G = ∂L/∂θ``, the same update as the
-   plain large batch with only ``m`` rows of activations alive at a time. (Encoders run in
-   eval mode — no dropout — so the re-encode reproduces the first pass.)
-4. Sum parameter gradients over ranks, unscale (fp16), clip the global norm, optimiser step,
-   MERU's scalar clamps.
+   contiguous slice of each (``B / world`` rows) and fetches them (the only host work).
+2. Embeddings of this rank's rows. *Plain* (``micro_batch_size=None``): encode with grad.
+   *Gradient caching* (``micro_batch_size=m``): encode in chunks of ``m`` without grad and
+   make the embeddings leaves ``E`` with ``requires_grad``.
+3. ``L_r = unlearning_loss(E)``: this rank's share of the global loss (the exact sharded
+   contrastive loss: local rows against every rank's texts, so each rank does ``1/world`` of
+   the loss work; every other term row-wise over local rows, divided by global counts).
+   Backward. Caching: ``G = ∂L/∂E`` for the local rows (the collectives' backward sums over
+   ranks), then re-encode each chunk with grad and backprop ``G`` through it —
+   ``Σ_chunks (∂e/∂θ)ᵀ G``, the same update as the plain large batch with only ``m`` rows of
+   activations alive at a time. (Encoders run in eval mode — no dropout — so the re-encode
+   reproduces the first pass.)
+4. Sum parameter gradients over ranks (exactly ``∂L/∂θ`` of the global batch), unscale
+   (fp16), clip the global norm, optimiser step, MERU's scalar clamps.
+
+No host sync inside a step after the first: argument checks that read tensor values run on
+the first step of a run only (``UnlearnConfig.check_values="every_step"`` runs them on every
+step), and the logged values (loss terms, gradient norm) stay on the device until the metrics
+are flushed every ``log_every`` steps, at checkpoints and at the end, in one transfer. (fp16
+training keeps the ``GradScaler``'s one inf check per step; callbacks receive float records,
+which costs one transfer per step only when callbacks are given.)
 
 Because sampling is a pure function of ``(seed, t)``, the learning rate a function of ``t``, and
 the checkpoint holds the parameters and optimiser state bit-exactly, a run resumed from the
@@ -37,8 +46,8 @@ import torch
 from . import checkpoint as ckpt
 from .config import ConfigError, UnlearnConfig
 from .data import ForgetRetain, StepSampler, fetch_batch
-from .dist import (all_reduce_grads, broadcast_module, default_device, gather_cat, local_slice,
-                   rank_world, scale_grad)
+from ..checks import value_checks
+from .dist import all_reduce_grads, broadcast_module, default_device, local_slice, rank_world
 from .objectives import StepEmbeddings, unlearning_loss
 from .params import select_trainable
 
@@ -91,9 +100,6 @@ class Trainer:
         self.callbacks = list(callbacks or ())
         self.rank, self.world = rank_world()
         self.log = log or (lambda msg: print(msg, file=sys.stderr) if self.rank == 0 else None)
-        if cfg.parallel == "fsdp":
-            raise ConfigError("unlearn config field 'parallel': 'fsdp' is not implemented yet; use "
-                              "'ddp' (data parallel with gathered contrastive terms) or 'none'")
         if cfg.parallel == "none" and self.world > 1:
             raise ConfigError("unlearn config field 'parallel': 'none' but torch.distributed runs "
                               f"{self.world} processes")
@@ -106,6 +112,7 @@ class Trainer:
                                   f"world size {self.world} (it is the global batch)")
         self.device = torch.device(cfg.device) if cfg.device else default_device()
         self.geometry = model.geometry
+        self.backends = cfg.check_backend(self.geometry, self.device.type, self.world)  # before step 0
         self.sampler = StepSampler(split, cfg.retain_batch_size, cfg.forget_batch_size, cfg.seed, concepts)
         self.root = os.path.join(cfg.out_dir, "checkpoints") if cfg.out_dir else None
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl") if cfg.out_dir else None
@@ -127,43 +134,40 @@ class Trainer:
             return (None,) * 4
         img, txt = self._encode(self.frozen, images, tokens, grad=False)
         img_n, txt_n = img.norm(dim=-1), txt.norm(dim=-1)
-        return (gather_cat(img_n[:nr]), gather_cat(txt_n[:nr]), gather_cat(img_n[nr:]), gather_cat(txt_n[nr:]))
+        return img_n[:nr], txt_n[:nr], img_n[nr:], txt_n[nr:]
 
-    def _scalars(self):
-        inv = 1.0 / self.world
-        ls = scale_grad(self.model.logit_scale, inv)
-        curv = scale_grad(self.model.curv, inv) if self.geometry == "lorentz" else None
-        return ls, curv
-
-    def _step_grads(self, step: int, scaler) -> dict:
-        cfg = self.cfg
+    def _fetch(self, step: int):
+        """This rank's rows of step ``step``: ``(images, tokens, n_retain_local)`` on the device."""
         r_idx, f_idx, _ = self.sampler(step)
         r_loc = r_idx[local_slice(len(r_idx), self.rank, self.world)]
         f_loc = f_idx[local_slice(len(f_idx), self.rank, self.world)]
-        nr = len(r_loc)
         images, tokens = fetch_batch(self.dataset, r_loc + f_loc, self.model, self.device)
+        return images, tokens, len(r_loc)
+
+    def _step_grads(self, step: int, batch, scaler) -> dict:
+        """Gradients of this rank's share of the step loss (see the module docstring); the
+        logged terms of the global batch as device tensors."""
+        cfg = self.cfg
+        images, tokens, nr = batch
         norms = self._frozen_norms(images, tokens, nr)
-        ls, curv = self._scalars()
-        loss_kw = dict(geometry=self.geometry, method=self.method, cfg=cfg, logit_scale=ls, curv=curv,
-                       seed=cfg.seed, step=step)
+        curv = self.model.curv if self.geometry == "lorentz" else None
+        loss_kw = dict(geometry=self.geometry, method=self.method, cfg=cfg, logit_scale=self.model.logit_scale,
+                       curv=curv, seed=cfg.seed, step=step, distributed=self.world > 1)
         if cfg.micro_batch_size is None:
             img, txt = self._encode(self.model, images, tokens, grad=True)
-            emb = StepEmbeddings(gather_cat(img[:nr]), gather_cat(txt[:nr]), gather_cat(img[nr:]),
-                                 gather_cat(txt[nr:]), *norms)
+            emb = StepEmbeddings(img[:nr], txt[:nr], img[nr:], txt[nr:], *norms)
             loss, terms = unlearning_loss(emb, **loss_kw)
             scaler.scale(loss).backward()
             return terms
         # Gradient caching.
         img, txt = self._encode(self.model, images, tokens, grad=False)
-        leaves = [gather_cat(t).detach().requires_grad_(True) for t in (img[:nr], txt[:nr], img[nr:], txt[nr:])]
+        leaves = [t.detach().requires_grad_(True) for t in (img[:nr], txt[:nr], img[nr:], txt[nr:])]
         emb = StepEmbeddings(*leaves, *norms)
         loss, terms = unlearning_loss(emb, **loss_kw)
         scaler.scale(loss).backward()
-        nf = img.shape[0] - nr
         g = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
-        rs, fs = local_slice(nr * self.world, self.rank, self.world), local_slice(nf * self.world, self.rank, self.world)
-        g_img = torch.cat([g[0][rs], g[2][fs]])
-        g_txt = torch.cat([g[1][rs], g[3][fs]])
+        g_img = torch.cat([g[0], g[2]])
+        g_txt = torch.cat([g[1], g[3]])
         del leaves, emb, loss, g
         for sl in _chunks(images.shape[0], cfg.micro_batch_size):
             with _autocast(cfg, self.device):
@@ -171,6 +175,46 @@ class Trainer:
                 e_txt = self.model.encode_text(tokens[sl]).float()
             torch.autograd.backward([e_img, e_txt], [g_img[sl], g_txt[sl]])
         return terms
+
+    def _train_step(self, step: int, batch, lr: float, opt, params, scaler):
+        """One optimiser step on ``batch``; ``(terms, grad_norm)`` as device tensors. No host
+        sync here once the value checks are off (fp16's GradScaler aside)."""
+        cfg = self.cfg
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        terms = self._step_grads(step, batch, scaler)
+        all_reduce_grads(params)
+        scaler.unscale_(opt)
+        grads = [p.grad for p in params if p.grad is not None]
+        if cfg.grad_clip is not None:
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        else:
+            gnorm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads \
+                else torch.zeros((), device=self.device)
+        scaler.step(opt)
+        scaler.update()
+        if hasattr(self.model, "clamp_parameters_"):
+            self.model.clamp_parameters_()
+        return terms, gnorm.detach()
+
+    def _flush(self, pending: list[dict], bar) -> None:
+        """Bring the pending records' device values to the host in one transfer, append them
+        to the history and the metrics file, update the progress bar."""
+        if not pending:
+            return
+        slots = [(i, k) for i, r in enumerate(pending) for k, v in r.items() if isinstance(v, torch.Tensor)]
+        if slots:
+            values = torch.stack([pending[i][k].reshape(()).float() for i, k in slots]).tolist()
+            for (i, k), v in zip(slots, values):
+                pending[i][k] = v
+        self.history.extend(pending)
+        self._write_metrics(pending, "a")
+        if bar is not None:
+            last = pending[-1]
+            bar.set_postfix({k: f"{last[k]:.3g}" for k in ("total", "align", "positive", "entail_cal", "norm_reg")
+                             if k in last})
+        pending.clear()
 
     # ------------------------------------------------------------------ the loop
     def _state(self, scaler, fingerprint) -> dict:
@@ -258,42 +302,30 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=cfg.steps, initial=start, desc=f"unlearn[{self.method}]", dynamic_ncols=True,
                        file=sys.stderr)
+        pending: list[dict] = []  # this run's records not yet on the host (values on the device)
         try:
             for step in range(start, cfg.steps):
                 t0 = time.perf_counter()
                 lr = lr_at(cfg, step)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                terms = self._step_grads(step, scaler)
-                all_reduce_grads(params)
-                scaler.unscale_(opt)
-                if cfg.grad_clip is not None:
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-                else:
-                    gnorm = float(torch.linalg.vector_norm(torch.stack(
-                        [p.grad.norm() for p in params if p.grad is not None])))
-                scaler.step(opt)
-                scaler.update()
-                if hasattr(model, "clamp_parameters_"):
-                    model.clamp_parameters_()
-                record = {"step": step + 1, "lr": lr, "grad_norm": gnorm, **terms,
-                          "time_s": round(time.perf_counter() - t0, 4)}
-                self.history.append(record)
-                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                    self._write_metrics([record], "a")
-                    if bar is not None:
-                        bar.set_postfix({k: f"{terms[k]:.3g}" for k in
-                                         ("total", "align", "positive", "entail_cal", "norm_reg") if k in terms})
+                batch = self._fetch(step)
+                checks = contextlib.nullcontext() if (step == start or cfg.check_values == "every_step") \
+                    else value_checks(False)
+                with checks:
+                    terms, gnorm = self._train_step(step, batch, lr, opt, params, scaler)
+                done = step + 1
+                pending.append({"step": done, "lr": lr, "grad_norm": gnorm, **terms,
+                                "time_s": round(time.perf_counter() - t0, 4)})
+                save = self.root and self.rank == 0 and (
+                    done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0))
+                if done % cfg.log_every == 0 or done == cfg.steps or save or self.callbacks:
+                    self._flush(pending, bar)
                 if bar is not None:
                     bar.update(1)
-                done = step + 1
-                if self.root and self.rank == 0 and (
-                        done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                if save:
                     ckpt.save_checkpoint(self.root, done, model, names, opt, self._state(scaler, fingerprint),
                                          keep=cfg.keep_checkpoints)
                 for cb in self.callbacks:
-                    cb(done, record)
+                    cb(done, self.history[-1])
         finally:
             if bar is not None:
                 bar.close()
