@@ -145,7 +145,6 @@ def run_demo(out: str = "hypkern-demo", seed: int = 0, quick: bool = False, stri
              progress: bool = True, models=("meru", "clip")) -> dict:
     """Run the demo (see the module docstring); returns the report dict written to
     ``out/report.json``."""
-    import torch
 
     from .data import demo as demo_data
     from .eval import pretrain

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from ..geometry import geometry_of
 from ..lorentz import ops
 
 __all__ = ["class_similarity", "origin_distance", "cone_membership", "per_class_mean"]
@@ -44,18 +45,15 @@ def origin_distance(model, feats: torch.Tensor) -> torch.Tensor:
     """Distance of each embedding to the origin, (N,): hyperbolic for Lorentz models
     (``asinh(sqrt(c)|x|)/sqrt(c)``, exact for the space part ``x``), the L2 norm otherwise."""
     feats = feats.detach().double().cpu()
-    norms = feats.norm(dim=-1)
-    if model.geometry != "lorentz":
-        return norms
-    sc = math.sqrt(float(model.curv.detach()))
-    return torch.asinh(sc * norms) / sc
+    curv = model.curv.detach().double().cpu() if model.curv is not None else None
+    return geometry_of(model).origin_distance(feats, curv)
 
 
 def cone_membership(model, text_points: torch.Tensor, image_points: torch.Tensor,
                     min_radius: float = 0.1) -> torch.Tensor | None:
     """Boolean (N,): image ``i`` lies in the entailment cone of text ``i`` (rows paired),
     i.e. ``oxy_angle(text, image) <= half_aperture(text)``. ``None`` for Euclidean models."""
-    if model.geometry != "lorentz":
+    if not geometry_of(model).has_cones:
         return None
     t = text_points.detach().double().cpu()
     x = image_points.detach().double().cpu()
@@ -69,7 +67,7 @@ def cone_share_per_class(model, classifier: torch.Tensor, image_feats: torch.Ten
                          classes: Sequence[int], min_radius: float = 0.1) -> dict[int, float] | None:
     """For each class in ``classes``: the share of its images inside its class embedding's
     cone. ``None`` for Euclidean models."""
-    if model.geometry != "lorentz":
+    if not geometry_of(model).has_cones:
         return None
     inside = cone_membership(model, classifier.cpu()[labels.long()], image_feats, min_radius)
     out = {}

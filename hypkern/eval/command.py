@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 __all__ = ["register", "load_for_eval"]
 

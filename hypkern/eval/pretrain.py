@@ -130,9 +130,9 @@ def pretrain_demo_model(kind: str, config: PretrainConfig | None = None, *, prog
             tgt = 2 * y + sizes[idx] if form == caption_form else y
             img = model.encode_image(images[idx])
             txt = model.encode_text(forms[form])
-            if model.geometry == "lorentz":
+            loss = model.geom.contrastive_loss(img, txt, model.logit_scale, model.curv, targets=tgt)
+            if model.geom.has_cones:
                 c = model.curv
-                loss = losses.lorentz_contrastive_loss(img, txt, model.logit_scale, c, targets=tgt)
                 gen = model.encode_text(general_tokens)
                 ent = losses.entailment_loss(txt[tgt], img, c)
                 ent = ent + losses.entailment_loss(gen[shape_row[y % len(demo.SHAPES)]], img, c)
@@ -141,8 +141,6 @@ def pretrain_demo_model(kind: str, config: PretrainConfig | None = None, *, prog
                 if form != caption_form:
                     ent = ent + losses.entailment_loss(gen[shape_row[class_shape]], txt, c)
                 loss = loss + cfg.entail_weight * ent
-            else:
-                loss = losses.clip_contrastive_loss(img, txt, model.logit_scale, targets=tgt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..geometry import geometry_of
 from . import audits, plots
 from .retrieval import caption_retrieval
 from .zeroshot import (
@@ -72,7 +73,7 @@ def measure(model, data, concepts: Iterable = (), *, classnames: Sequence[str] |
         }
         sim = audits.class_similarity(model, feats, labels, classifier)
         img_dist = audits.per_class_mean(audits.origin_distance(model, feats), labels, len(classnames))
-        if model.geometry == "lorentz":  # the class's point: the lifted prompt ensemble
+        if not geometry_of(model).average_projected_prompts:  # the class's point: the lifted ensemble
             txt_dist = audits.origin_distance(model, classifier)
         else:  # the classifier is unit-norm: report the raw prompt features' mean norm
             prompts = [t.format(name) for name in classnames for t in templates]

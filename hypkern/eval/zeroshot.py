@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from ..geometry import geometry_of
 
 __all__ = [
     "ZeroShotResult", "EncodedImages", "zeroshot_accuracy", "zeroshot_classifier", "class_scores",
@@ -177,23 +178,18 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[st
     if not templates:
         raise ValueError("need at least one prompt template")
     prompts = [t.format(name) for name in classnames for t in templates]
-    lorentz = model.geometry == "lorentz"
-    feats = encode_texts(model, prompts, project=not lorentz, device=device)
+    geom = geometry_of(model)
+    feats = encode_texts(model, prompts, project=geom.average_projected_prompts, device=device)
     feats = feats.reshape(len(classnames), len(templates), -1)
     with eval_mode(model):
-        if lorentz:
-            return model.project_text(feats.mean(dim=1)).float()
-        return F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1)
+        return geom.class_embedding(model, feats)
 
 
 def class_scores(model, image_feats: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """Zero-shot scores ``(N, K)``: Lorentz inner product (Lorentz) or cosine (Euclidean)."""
     image_feats = image_feats.float().to(classifier.device)
-    if model.geometry == "lorentz":
-        from ..lorentz import ops
-        curv = model.curv.detach().float().to(classifier.device)
-        return ops.pairwise_inner(image_feats, classifier, curv)
-    return F.normalize(image_feats, dim=-1) @ F.normalize(classifier, dim=-1).T
+    curv = model.curv.detach().float().to(classifier.device) if model.curv is not None else None
+    return geometry_of(model).class_scores(image_feats, classifier, curv)
 
 
 def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -144,7 +144,7 @@ class ContrastiveLoss(torch.nn.Module):
     def forward(self, image, text, logit_scale, *args, targets=None, weights=None):
         kw = dict(backend=self.backend, distributed=self.distributed, group=self.group,
                   grad_world_scale=self.grad_world_scale)
-        if self.geometry == "lorentz":
+        if self.geometry == "lorentz":  # (losses sit below hypkern.geometry: two signatures here)
             if not args:
                 raise TypeError("the Lorentz loss needs curv: forward(image, text, logit_scale, curv)")
             curv, *rest = args

@@ -91,13 +91,14 @@ class VisionLanguageModel(nn.Module, abc.ABC):
     def clamp_parameters_(self) -> None:
         """Clamp stored scalars in place before a training step (no-op unless overridden)."""
 
+    @property
+    def geom(self):
+        """This model's :class:`hypkern.geometry.Geometry` (the object behind ``geometry``)."""
+        from ..geometry import geometry_of
+        return geometry_of(self.geometry)
+
     def similarity(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
-        if self.geometry == "lorentz":
-            from ..lorentz import ops
-            return -ops.pairwise_dist(image_feats.float(), text_feats.float(), self.curv)
-        a = nn.functional.normalize(image_feats.float(), dim=-1)
-        b = nn.functional.normalize(text_feats.float(), dim=-1)
-        return a @ b.T
+        return self.geom.similarity(image_feats, text_feats, self.curv)
 
     def logits(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.similarity(image_feats, text_feats)

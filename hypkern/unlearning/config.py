@@ -250,9 +250,11 @@ class UnlearnConfig:
     def resolved_method(self, geometry: str) -> str:
         """``auto`` -> ``hac`` for Lorentz models, ``ac`` for Euclidean ones; ``hac`` on a
         Euclidean model is an error."""
+        from ..geometry import geometry_of
+        geom = geometry_of(geometry)
         if self.method == "auto":
-            return "hac" if geometry == "lorentz" else "ac"
-        if self.method == "hac" and geometry != "lorentz":
+            return geom.default_method
+        if self.method == "hac" and not geom.has_cones:
             raise ConfigError("unlearn config field 'method': 'hac' needs a Lorentz (MERU) model; "
                               f"this model's geometry is {geometry!r}, use 'ac'")
         return self.method
@@ -265,14 +267,14 @@ class UnlearnConfig:
         """Resolve the backend of every op and loss a run on ``geometry`` needs, now (before
         step 0): ``{op: backend}``, or a ``ConfigError`` naming the field and what can run.
         On several ranks the contrastive loss must be a fused one (the sharded loss)."""
+        from ..geometry import geometry_of
         from ..kernels import registry
-        ops = (("lorentz_contrastive", "dist", "entailment", "pairwise_dist", "exp_map0")
-               if geometry == "lorentz" else ("clip_contrastive",))
+        geom = geometry_of(geometry)
         try:
-            chosen = registry.check_backend_for(ops, self.backend, device_type)
+            chosen = registry.check_backend_for(geom.run_ops, self.backend, device_type)
         except (RuntimeError, ValueError) as exc:
             raise ConfigError(f"unlearn config field 'backend': {exc}") from None
-        loss = "lorentz_contrastive" if geometry == "lorentz" else "clip_contrastive"
+        loss = geom.contrastive_op
         if world > 1 and chosen[loss] == "reference":
             raise ConfigError(f"unlearn config field 'backend': {self.backend!r} runs {loss} on 'reference', "
                               f"which needs every row on one process; with {world} ranks the sharded loss "

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses as _losses
-from ..lorentz import ops as _ops
+from ..geometry import geometry_of
 from ..losses.distributed import all_reduce_sum, gather_with_grad, world_info
 
 __all__ = ["StepEmbeddings", "mismatch_targets", "unlearning_loss", "TERM_NAMES"]
@@ -95,12 +95,6 @@ def _kw(backend):
     return {} if backend is None else {"backend": backend}
 
 
-def _rowwise_sim(a, b, geometry, curv, backend):
-    if geometry == "lorentz":
-        return -_ops.dist(a, b, curv, backend=backend).float()
-    return F.cosine_similarity(a.float(), b.float(), dim=-1)
-
-
 def entailment_calibration(text: torch.Tensor, image: torch.Tensor, curv, margin: float,
                            min_radius: float = 0.1, backend=None, reduction: str = "mean") -> torch.Tensor:
     """``mean relu(half_aperture(text) - oxy_angle(text, image) + margin)``: zero once every
@@ -128,15 +122,16 @@ def _hinge_target(ri, rt, sim_f, geometry, curv, backend, n_retain, n_forget, ra
             nr = ri.shape[0]
             rt_all = gather_with_grad(rt.detach(), group, uniform=True)
             prev = rt_all.roll(1, dims=0)[rank * nr:(rank + 1) * nr]
-            d = -_rowwise_sim(ri, prev, geometry, curv.detach(), backend)
+            d = -geometry.rowwise_similarity(ri, prev, curv.detach(), backend)
             return all_reduce_sum(d.sum(), group) / n_retain
         return all_reduce_sum((-sim_f).sum(), group) / n_forget
 
 
-def unlearning_loss(emb: StepEmbeddings, *, geometry: str, method: str, cfg, logit_scale,
+def unlearning_loss(emb: StepEmbeddings, *, geometry, method: str, cfg, logit_scale,
                     curv=None, seed: int = 0, step: int = 0, distributed: bool = False,
                     group=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The AC / HAC loss of one step batch (see the module docstring).
+    """The AC / HAC loss of one step batch (see the module docstring); ``geometry`` is a
+    name or a :class:`hypkern.geometry.Geometry`.
 
     Returns ``(loss, terms)``: ``loss`` the weighted sum to backpropagate (this rank's share
     when distributed, the whole loss otherwise) and ``terms`` the unweighted value of each
@@ -145,9 +140,9 @@ def unlearning_loss(emb: StepEmbeddings, *, geometry: str, method: str, cfg, log
     runs once: its per-pair vector gives ``align``, ``retain_ce`` and ``forget_ce``."""
     if method not in ("ac", "hac"):
         raise ValueError(f"method must be 'ac' or 'hac', got {method!r}")
-    if method == "hac" and geometry != "lorentz":
+    geometry = geometry_of(geometry)
+    if method == "hac" and not geometry.has_cones:
         raise ValueError("HAC needs a Lorentz (MERU) model; use AC for Euclidean models")
-    lorentz = geometry == "lorentz"
     rank, world = world_info(group) if distributed else (0, 1)
     ri, rt = emb.retain_image.float(), emb.retain_text.float()
     fi, ft = emb.forget_image.float(), emb.forget_text.float()
@@ -160,12 +155,8 @@ def unlearning_loss(emb: StepEmbeddings, *, geometry: str, method: str, cfg, log
     # Retain alignment + negative calibration: one contrastive pass, per-pair losses.
     targets = _global_targets(nr, nf, rank, world, seed, step, dev)
     images, texts = torch.cat([ri, fi]), torch.cat([rt, ft])
-    kw = dict(targets=targets, reduction="none", distributed=world > 1, group=group, uniform_shards=True,
-              **_kw(backend))
-    if lorentz:
-        per_pair = _losses.lorentz_contrastive_loss(images, texts, logit_scale, curv, **kw)
-    else:
-        per_pair = _losses.clip_contrastive_loss(images, texts, logit_scale, **kw)
+    per_pair = geometry.contrastive_loss(images, texts, logit_scale, curv, targets, reduction="none",
+                                         distributed=world > 1, group=group, uniform_shards=True, **_kw(backend))
     retain_sum, forget_sum = per_pair[:nr].sum(), per_pair[nr:].sum()
     # alpha = 0: forget images are only extra negatives (their pairs do not count)
     align = (retain_sum + alpha * forget_sum) / (n_retain + alpha * n_forget)
@@ -174,8 +165,8 @@ def unlearning_loss(emb: StepEmbeddings, *, geometry: str, method: str, cfg, log
     replicated = {}
 
     # Positive calibration.
-    sim_f = _rowwise_sim(fi, ft, geometry, curv, backend)
-    if not lorentz:
+    sim_f = geometry.rowwise_similarity(fi, ft, curv, backend)
+    if geometry.bounded_similarity:  # cosine: bounded already
         positive = sim_f.sum() / n_forget
     elif cfg.positive_bound == "softplus":
         positive = F.softplus(logit_scale.detach().float() * sim_f).sum() / n_forget

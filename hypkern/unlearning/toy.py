@@ -50,11 +50,9 @@ def pretrain(model, data, steps: int = 150, lr: float = 2e-3, batch_size: int = 
     for _ in range(steps):
         idx = torch.randperm(len(data), generator=g)[:batch_size]
         img, txt = model.encode_image(images[idx]), model.encode_text(tokens[idx])
-        if model.geometry == "lorentz":
-            loss = losses.lorentz_contrastive_loss(img, txt, model.logit_scale, model.curv) \
-                + 0.2 * losses.entailment_loss(txt, img, model.curv)
-        else:
-            loss = losses.clip_contrastive_loss(img, txt, model.logit_scale)
+        loss = model.geom.contrastive_loss(img, txt, model.logit_scale, model.curv)
+        if model.geom.has_cones:
+            loss = loss + 0.2 * losses.entailment_loss(txt, img, model.curv)
         opt.zero_grad()
         loss.backward()
         opt.step()

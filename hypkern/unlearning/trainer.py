@@ -150,7 +150,7 @@ class Trainer:
         cfg = self.cfg
         images, tokens, nr = batch
         norms = self._frozen_norms(images, tokens, nr)
-        curv = self.model.curv if self.geometry == "lorentz" else None
+        curv = self.model.curv
         loss_kw = dict(geometry=self.geometry, method=self.method, cfg=cfg, logit_scale=self.model.logit_scale,
                        curv=curv, seed=cfg.seed, step=step, distributed=self.world > 1)
         if cfg.micro_batch_size is None:
