@@ -12,8 +12,8 @@ process, and report per step (steady state, the first step excluded):
 * ``loss_passes``: calls of the public contrastive loss (``hypkern.losses.*_contrastive_loss``);
 * ``host_reads``: reads of a tensor value on the host (``item``, ``tolist``, ``float()``,
   ``int()``, ``bool()``, ...: each a device->host sync on a GPU), counted by patching the
-  tensor methods, the data pipeline and torch's own optimiser step counter (a CPU tensor
-  even on CUDA) excluded; measured as the difference between a run of ``2S`` and of ``S``
+  tensor methods, the data pipeline (sampling, tokenising on the host) and torch's own
+  optimiser step counter (a CPU tensor even on CUDA) excluded; measured as the difference between a run of ``2S`` and of ``S``
   steps, so start-up checks and the final flush cancel;
 * ``peak_rss_mb``: the process's peak resident memory minus its size before the run;
 
@@ -54,7 +54,8 @@ def _install_counters(counts: dict) -> None:
         def read(self, *a, **k):
             f = sys._getframe(1).f_code
             skip = (f.co_name == "_get_value" and f.co_filename.endswith("optimizer.py")) \
-                or f.co_filename.endswith(os.path.join("unlearning", "data.py"))
+                or f.co_filename.endswith(os.path.join("unlearning", "data.py")) \
+                or f.co_name == "batch_tokens"  # host-side tokens before they go to the device
             if counts["on"] and not skip:
                 counts["reads"] += 1
             return real(self, *a, **k)

@@ -19,9 +19,24 @@ COMMAND_MODULES = (
 
 
 def _backends_command(args) -> int:
-    from .lorentz.ops import backends
-    for status in backends().values():
-        print(status)
+    """The capability table of the one registry, and what the native build produced."""
+    import glob
+    import os
+
+    from .kernels import registry
+    rows = registry.capability_table()
+    width = max(len(r["backend"]) for r in rows)
+    print(f"{'backend':<{width}}  cpu  cuda  implements")
+    for r in rows:
+        ops = "every op and loss" if set(r["implements"]) == set(registry.ALL_OPS) else ", ".join(r["implements"])
+        print(f"{r['backend']:<{width}}  {'yes' if r['cpu'] else 'no ':<3}  {'yes' if r['cuda'] else 'no ':<4}  {ops}")
+        if r["reason"]:
+            print(f"{'':<{width}}  ({r['reason']})")
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name, what in (("_C", "native CPU extension"), ("_C_cuda", "native CUDA extension")):
+        built = glob.glob(os.path.join(here, f"{name}.*.so")) + glob.glob(os.path.join(here, f"{name}.*.pyd"))
+        print(f"{what} ({'hypkern.' + name}): " + ("built" if built else "not built (see docs/readme_native.md)"))
+    print("default per op: cpu -> " + ", ".join(f"{op}={registry.resolve(op, None, 'cpu')}" for op in registry.ALL_OPS))
     return 0
 
 

@@ -85,3 +85,13 @@ def test_float_and_tensor_curv_agree():
     a = hypkern.pairwise_dist(X, Y, 0.3, backend="reference")
     b = hypkern.pairwise_dist(X, Y, torch.tensor(0.3), backend="reference")
     torch.testing.assert_close(a, b)
+
+
+def test_backends_command_prints_the_capability_table(capsys):
+    from hypkern import cli
+    assert cli.main(["backends"]) == 0
+    out = capsys.readouterr().out
+    for name in registry.BACKENDS:
+        assert f"\n{name} " in "\n" + out, out
+    assert "native CPU extension (hypkern._C): " in out and "native CUDA extension (hypkern._C_cuda): " in out
+    assert "lorentz_contrastive=" in out and "entailment=" in out
