@@ -134,6 +134,10 @@ template <typename T> HK_INLINE T acosh_1p(T u) {
 // Time component x_t = sqrt(1/c + |x|^2) from a = |x|^2.
 template <typename T> HK_INLINE T time_comp(T a, T c) { return hk_sqrt(T(1) / c + a); }
 
+// The time component's excess over the origin's, x_t - 1/sqrt(c) = a / (x_t + 1/sqrt(c)),
+// without the cancellation of the difference (isc = 1/sqrt(c)).
+template <typename T> HK_INLINE T time_excess(T a, T xt, T isc) { return a / (xt + isc); }
+
 // |x| from a = |x|^2 as the reference's _norm: 0 at a = 0, sqrt(max(a, tiny)) otherwise;
 // its gradient passes only where a >= tiny.
 template <typename T> HK_INLINE T safe_norm(T a) {
@@ -155,25 +159,37 @@ HK_INLINE void pinner_bwd(T g, T xt, T yt, T ixt, T iyt, T ic2h, T& gp, T& dc) {
   dc = g * ic2h * (yt * ixt + xt * iyt);
 }
 
-// d = acosh(z)/sc, z = c (xt yt - p); u = max(z - 1, 0) (rounding can push it below 0).
-template <typename T> HK_INLINE T pdist_fwd(T p, T xt, T yt, T c, T isc) {
-  const T u = hk_max(c * (xt * yt - p) - T(1), T(0));
-  return acosh_1p(u) * isc;
+// u = -c<x,y>_L - 1 = c (x_t y_t - 1/c - p) without subtracting numbers near 1/c: with the
+// excesses ex = x_t - 1/sqrt(c), ey (time_excess), x_t y_t - 1/c = (ex + ey)/sqrt(c) + ex ey,
+// so u's rounding is relative to the norms (not to 1/c) and points near the origin keep
+// their distances and gradients. Clipped at 0 (rounding can still push it below).
+template <typename T> HK_INLINE T pair_u(T p, T ex, T ey, T c, T isc) {
+  return hk_max(c * ((ex + ey) * isc + ex * ey - p), T(0));
+}
+
+// d = acosh(1 + u)/sc.
+template <typename T> HK_INLINE T pdist_fwd(T p, T ex, T ey, T c, T isc) {
+  return acosh_1p(pair_u(p, ex, ey, c, isc)) * isc;
+}
+
+// d u/dc at fixed x, y: u/c - (x_t - y_t)^2 / (2 c x_t y_t), with x_t - y_t = ex - ey (the
+// form of (z/c - (yt/xt + xt/yt)/(2c)) without its cancellation near the origin).
+template <typename T> HK_INLINE T pair_du_dc(T u, T ex, T ey, T ixt, T iyt, T ic, T ihc) {
+  const T gap = ex - ey;
+  return u * ic - gap * gap * ihc * ixt * iyt;
 }
 
 // d d/du = 1/(sc sqrt(u (u+2))), zero where u/2 < tiny (the reference's safe_sqrt clip,
-// which also covers u clipped at 0). d d/dc = d d/du du/dc - d/(2c) with
-// du/dc = z/c - (yt/xt + xt/yt)/(2c).  ihc = 1/(2c).
+// which also covers u clipped at 0). d d/dc = d d/du du/dc - d/(2c).  ihc = 1/(2c).
 template <typename T>
-HK_INLINE void pdist_bwd(T g, T p, T xt, T yt, T ixt, T iyt, T c, T isc, T ic, T ihc, T& gp, T& dc) {
-  const T z = c * (xt * yt - p);
-  const T u = hk_max(z - T(1), T(0));
+HK_INLINE void pdist_bwd(T g, T p, T ex, T ey, T ixt, T iyt, T c, T isc, T ic, T ihc, T& gp, T& dc) {
+  const T u = pair_u(p, ex, ey, c, isc);
   const T root = hk_sqrt(u) * hk_sqrt(u + T(2));
   const bool pass = T(0.5) * u >= Lim<T>::tiny();
   const T h = pass ? g * isc / (pass ? root : T(1)) : T(0);
   const T d = log1p_pos(u + root) * isc;
   gp = -c * h;
-  dc = h * (z * ic - (yt * ixt + xt * iyt) * ihc) - g * d * ihc;
+  dc = h * pair_du_dc(u, ex, ey, ixt, iyt, ic, ihc) - g * d * ihc;
 }
 
 // ---------------------------------------------------------------------------- row-wise dist
@@ -184,7 +200,7 @@ template <typename T> HK_INLINE T dist_fwd(T a, T b, T e, T f, T c) {
   const T xt = time_comp(a, c), yt = time_comp(b, c);
   const T k = f / (xt + yt);
   const T q = hk_max(e - k * k, T(0));
-  const T w = hk_sqrt(hk_max(q, Lim<T>::tiny()));
+  const T w = q > T(0) ? hk_sqrt(hk_max(q, Lim<T>::tiny())) : T(0);  // exactly 0 at x = y
   return T(2) * hk_asinh(T(0.5) * sc * w) / sc;
 }
 
@@ -308,8 +324,11 @@ template <typename T> HK_INLINE T oxy_angle_fwd(T a, T b, T e, T f, T c) {
   const T u = T(0.5) * c * hk_max(e - k * k, T(0));
   const T numer = -k - u * xt;
   const T rho = hk_sqrt(hk_max(u * (u + T(2)), Lim<T>::tiny()));
-  const T denom = hk_max(safe_norm(a) * rho, T(ANGLE_DENOM_EPS));
-  const T arg = hk_min(hk_max(numer / denom, T(-1) + T(ASIN_EPS)), T(1) - T(ASIN_EPS));
+  const T den_raw = safe_norm(a) * rho;
+  const T denom = hk_max(den_raw, T(ANGLE_DENOM_EPS));
+  // undefined (x = 0 or x = y): pi/2 with zero gradient (the rule at coincident points)
+  const T ratio = den_raw >= T(ANGLE_DENOM_EPS) ? numer / denom : T(0);
+  const T arg = hk_min(hk_max(ratio, T(-1) + T(ASIN_EPS)), T(1) - T(ASIN_EPS));
   return hk_acos(arg);
 }
 // Gradient as for dist: dx = cdiff (x - y) + cx x, dy = -cdiff (x - y) + cy y, and dc;
@@ -328,11 +347,12 @@ HK_INLINE void oxy_angle_bwd(T g, T a, T b, T e, T f, T c, T& cdiff, T& cx, T& c
   const T nrm = safe_norm(a);
   const T den_raw = nrm * rho;
   const T denom = hk_max(den_raw, T(ANGLE_DENOM_EPS));
-  const T arg_raw = numer / denom;
+  const bool defined = den_raw >= T(ANGLE_DENOM_EPS);  // else pi/2, gradient 0
+  const T arg_raw = defined ? numer / denom : T(0);
   const T lo = T(-1) + T(ASIN_EPS), hi = T(1) - T(ASIN_EPS);
   const T arg = hk_min(hk_max(arg_raw, lo), hi);
-  // acos'(t) = -1/sqrt(1 - t^2); zero outside the clip interval.
-  const T darg = (arg_raw >= lo && arg_raw <= hi) ? -g / hk_sqrt((T(1) - arg) * (T(1) + arg)) : T(0);
+  // acos'(t) = -1/sqrt(1 - t^2); zero outside the clip interval and where undefined.
+  const T darg = (defined && arg_raw >= lo && arg_raw <= hi) ? -g / hk_sqrt((T(1) - arg) * (T(1) + arg)) : T(0);
   const T dnum = darg / denom;
   const T dden = den_raw >= T(ANGLE_DENOM_EPS) ? -darg * arg / denom : T(0);
   const T dnrm = dden * rho;

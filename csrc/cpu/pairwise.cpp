@@ -38,6 +38,7 @@ namespace {
 
 enum class Kind { Inner, Dist };
 
+// xt, yt: the time components (Inner) or their excesses over 1/sqrt(c) (Dist).
 template <typename T, typename O, Kind K>
 HK_INLINE void fwd_rows(const T* P, O* out, const T* xt, const T* yt, int64_t i0, int64_t i1,
                         int64_t M, T c, T isc) {
@@ -55,13 +56,14 @@ HK_INLINE void fwd_rows(const T* P, O* out, const T* xt, const T* yt, int64_t i0
 
 template <typename T, typename GT, Kind K>
 HK_INLINE void bwd_rows(const GT* G, T* P, const T* xt, const T* yt, const T* ixt, const T* iyt,
-                        int64_t i0, int64_t i1, int64_t M, T c, T* col, T* rsum, double* dcsum) {
+                        const T* ex, const T* ey, int64_t i0, int64_t i1, int64_t M, T c, T* col,
+                        T* rsum, double* dcsum) {
   const T isc = T(1) / hk_sqrt(c), ic = T(1) / c, ihc = T(0.5) / c, ic2h = T(0.5) / (c * c);
   double dc_total = 0;
   for (int64_t i = i0; i < i1; ++i) {
     const GT* g = G + i * M;
     T* p = P + i * M;
-    const T xi = xt[i], ixi = ixt[i];
+    const T xi = xt[i], ixi = ixt[i], exi = ex[i];
     T r = 0, dcr = 0;
 #pragma omp simd reduction(+ : r, dcr)
     for (int64_t j = 0; j < M; ++j) {
@@ -69,7 +71,7 @@ HK_INLINE void bwd_rows(const GT* G, T* P, const T* xt, const T* yt, const T* ix
       if (K == Kind::Inner) {
         pinner_bwd(static_cast<T>(g[j]), xi, yt[j], ixi, iyt[j], ic2h, gp, dc);
       } else {
-        pdist_bwd(static_cast<T>(g[j]), p[j], xi, yt[j], ixi, iyt[j], c, isc, ic, ihc, gp, dc);
+        pdist_bwd(static_cast<T>(g[j]), p[j], exi, ey[j], ixi, iyt[j], c, isc, ic, ihc, gp, dc);
       }
       p[j] = gp;
       col[j] += gp * xi;
@@ -96,8 +98,9 @@ HK_FWD_CLONE(fwd_dist_f64, double, Kind::Dist)
 
 #define HK_BWD_CLONE(NAME, T, K)                                                               \
   HK_CLONES void NAME(const T* G, T* P, const T* xt, const T* yt, const T* ixt, const T* iyt,  \
-                      int64_t i0, int64_t i1, int64_t M, T c, T* col, T* rsum, double* dcsum) { \
-    bwd_rows<T, T, K>(G, P, xt, yt, ixt, iyt, i0, i1, M, c, col, rsum, dcsum);                 \
+                      const T* ex, const T* ey, int64_t i0, int64_t i1, int64_t M, T c, T* col,  \
+                      T* rsum, double* dcsum) {                                                 \
+    bwd_rows<T, T, K>(G, P, xt, yt, ixt, iyt, ex, ey, i0, i1, M, c, col, rsum, dcsum);         \
   }
 HK_BWD_CLONE(bwd_inner_f32, float, Kind::Inner)
 HK_BWD_CLONE(bwd_inner_f64, double, Kind::Inner)
@@ -116,20 +119,23 @@ void fwd_dispatch(const T* P, T* out, const T* xt, const T* yt, int64_t i0, int6
 }
 
 template <typename T, Kind K>
-void bwd_dispatch(const T* G, T* P, const T* xt, const T* yt, const T* ixt, const T* iyt, int64_t i0,
-                  int64_t i1, int64_t M, T c, T* col, T* rsum, double* dcsum) {
+void bwd_dispatch(const T* G, T* P, const T* xt, const T* yt, const T* ixt, const T* iyt, const T* ex,
+                  const T* ey, int64_t i0, int64_t i1, int64_t M, T c, T* col, T* rsum, double* dcsum) {
   if constexpr (std::is_same_v<T, float>) {
-    (K == Kind::Inner ? bwd_inner_f32 : bwd_dist_f32)(G, P, xt, yt, ixt, iyt, i0, i1, M, c, col, rsum, dcsum);
+    (K == Kind::Inner ? bwd_inner_f32 : bwd_dist_f32)(G, P, xt, yt, ixt, iyt, ex, ey, i0, i1, M, c, col, rsum,
+                                                      dcsum);
   } else {
-    (K == Kind::Inner ? bwd_inner_f64 : bwd_dist_f64)(G, P, xt, yt, ixt, iyt, i0, i1, M, c, col, rsum, dcsum);
+    (K == Kind::Inner ? bwd_inner_f64 : bwd_dist_f64)(G, P, xt, yt, ixt, iyt, ex, ey, i0, i1, M, c, col, rsum,
+                                                      dcsum);
   }
 }
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 
-// x_t = sqrt(1/c + |x|^2) and 1/x_t per row of a compute-dtype matrix.
+// x_t = sqrt(1/c + |x|^2), 1/x_t and the excess x_t - 1/sqrt(c) per row of a compute-dtype matrix.
 template <typename T>
-void time_rows(const T* x, T* xt, T* ixt, int64_t N, int64_t D, T c) {
+void time_rows(const T* x, T* xt, T* ixt, T* ex, int64_t N, int64_t D, T c) {
+  const T isc = T(1) / hk_sqrt(c);
   at::parallel_for(0, N, row_grain(D), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const T* r = x + i * D;
@@ -138,6 +144,7 @@ void time_rows(const T* x, T* xt, T* ixt, int64_t N, int64_t D, T c) {
       for (int64_t k = 0; k < D; ++k) a += r[k] * r[k];
       xt[i] = time_comp(a, c);
       ixt[i] = T(1) / xt[i];
+      ex[i] = time_excess(a, xt[i], isc);
     }
   });
 }
@@ -173,20 +180,23 @@ at::Tensor pairwise_fwd(const at::Tensor& x_in, const at::Tensor& y_in, const at
   AT_DISPATCH_FLOATING_TYPES(cd, "hypkern_pairwise_fwd", [&] {
     using T = scalar_t;
     const T c = static_cast<T>(cval), isc = T(1) / hk_sqrt(c);
-    std::vector<T> xt(N), ixt(N), yt(M), iyt(M);
-    time_rows<T>(x.const_data_ptr<T>(), xt.data(), ixt.data(), N, D, c);
-    time_rows<T>(y.const_data_ptr<T>(), yt.data(), iyt.data(), M, D, c);
+    std::vector<T> xt(N), ixt(N), ex(N), yt(M), iyt(M), ey(M);
+    time_rows<T>(x.const_data_ptr<T>(), xt.data(), ixt.data(), ex.data(), N, D, c);
+    time_rows<T>(y.const_data_ptr<T>(), yt.data(), iyt.data(), ey.data(), M, D, c);
     const T* p = P.const_data_ptr<T>();
+    // the distance reads the excesses (cancellation-free u), the inner product the components
+    const T* rx = K == Kind::Inner ? xt.data() : ex.data();
+    const T* ry = K == Kind::Inner ? yt.data() : ey.data();
     if (same) {
       T* o = out.mutable_data_ptr<T>();
       at::parallel_for(0, N, row_grain(M), [&](int64_t b, int64_t e) {
-        fwd_dispatch<T, K>(p, o, xt.data(), yt.data(), b, e, M, c, isc);
+        fwd_dispatch<T, K>(p, o, rx, ry, b, e, M, c, isc);
       });
     } else {
       AT_DISPATCH_REDUCED_FLOATING_TYPES(out.scalar_type(), "hypkern_pairwise_fwd_half", [&] {
         scalar_t* o = out.mutable_data_ptr<scalar_t>();
         at::parallel_for(0, N, row_grain(M), [&](int64_t b, int64_t e) {
-          fwd_rows<T, scalar_t, K>(p, o, xt.data(), yt.data(), b, e, M, c, isc);
+          fwd_rows<T, scalar_t, K>(p, o, rx, ry, b, e, M, c, isc);
         });
       });
     }
@@ -221,10 +231,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_bwd(const at::Tensor& gr
   AT_DISPATCH_FLOATING_TYPES(cd, "hypkern_pairwise_bwd", [&] {
     using T = scalar_t;
     const T c = static_cast<T>(cval);
-    std::vector<T> xt(N), ixt(N), yt(M), iyt(M), rsum(N), col(static_cast<size_t>(nchunks) * M, T(0));
+    std::vector<T> xt(N), ixt(N), ex(N), yt(M), iyt(M), ey(M), rsum(N),
+        col(static_cast<size_t>(nchunks) * M, T(0));
     std::vector<double> dcs(nchunks, 0.0);
-    time_rows<T>(x.const_data_ptr<T>(), xt.data(), ixt.data(), N, D, c);
-    time_rows<T>(y.const_data_ptr<T>(), yt.data(), iyt.data(), M, D, c);
+    time_rows<T>(x.const_data_ptr<T>(), xt.data(), ixt.data(), ex.data(), N, D, c);
+    time_rows<T>(y.const_data_ptr<T>(), yt.data(), iyt.data(), ey.data(), M, D, c);
     T* p = P.mutable_data_ptr<T>();
     auto run = [&](auto* g) {
       using GT = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;
@@ -232,11 +243,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_bwd(const at::Tensor& gr
         for (int64_t ch = b; ch < e; ++ch) {
           const int64_t i0 = ch * rows_per, i1 = std::min(N, i0 + rows_per);
           if constexpr (std::is_same_v<GT, T>) {
-            bwd_dispatch<T, K>(g, p, xt.data(), yt.data(), ixt.data(), iyt.data(), i0, i1, M, c,
-                               col.data() + ch * M, rsum.data(), &dcs[ch]);
+            bwd_dispatch<T, K>(g, p, xt.data(), yt.data(), ixt.data(), iyt.data(), ex.data(), ey.data(), i0,
+                               i1, M, c, col.data() + ch * M, rsum.data(), &dcs[ch]);
           } else {
-            bwd_rows<T, GT, K>(g, p, xt.data(), yt.data(), ixt.data(), iyt.data(), i0, i1, M, c,
-                               col.data() + ch * M, rsum.data(), &dcs[ch]);
+            bwd_rows<T, GT, K>(g, p, xt.data(), yt.data(), ixt.data(), iyt.data(), ex.data(), ey.data(), i0,
+                               i1, M, c, col.data() + ch * M, rsum.data(), &dcs[ch]);
           }
         }
       });

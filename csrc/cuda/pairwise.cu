@@ -31,10 +31,11 @@ enum class Kind { Inner, Dist };
 
 constexpr int kThreads = 256;
 
-// x_t = sqrt(1/c + |x|^2) per row, one warp per row (fp32 accumulation for fp16/bf16).
+// x_t = sqrt(1/c + |x|^2) and its excess x_t - 1/sqrt(c) (hk::time_excess) per row, one warp
+// per row (fp32 accumulation for fp16/bf16).
 template <typename S>
 __global__ void time_kernel(const S* __restrict__ x, const acc_t<S>* __restrict__ curv, acc_t<S>* __restrict__ xt,
-                            int64_t N, int64_t D) {
+                            acc_t<S>* __restrict__ ex, int64_t N, int64_t D) {
   using T = acc_t<S>;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
   if (row >= N) return;
@@ -45,7 +46,11 @@ __global__ void time_kernel(const S* __restrict__ x, const acc_t<S>* __restrict_
     a += t * t;
   }
   a = warp_sum(a);
-  if (lane == 0) xt[row] = hk::time_comp(a, *curv);
+  if (lane == 0) {
+    const T c = *curv, t = hk::time_comp(a, c);
+    xt[row] = t;
+    ex[row] = hk::time_excess(a, t, T(1) / hk_sqrt(c));
+  }
 }
 
 // Grid: x over column blocks of kThreads, y over rows (grid-stride beyond 65535 rows).
@@ -55,6 +60,7 @@ inline dim3 epilogue_grid(int64_t N, int64_t M) {
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
 }
 
+// xt, yt: the time components (Inner) or their excesses over 1/sqrt(c) (Dist).
 template <typename T, typename O, Kind K>
 __global__ void fwd_epilogue(const T* P, O* out, const T* __restrict__ xt, const T* __restrict__ yt,
                              const T* __restrict__ curv, int64_t N, int64_t M) {
@@ -71,7 +77,8 @@ __global__ void fwd_epilogue(const T* P, O* out, const T* __restrict__ xt, const
 
 template <typename T, typename GT, Kind K>
 __global__ void bwd_epilogue(const GT* __restrict__ G, T* P, const T* __restrict__ xt, const T* __restrict__ yt,
-                             const T* __restrict__ curv, T* __restrict__ dc_part, int64_t N, int64_t M) {
+                             const T* __restrict__ ex, const T* __restrict__ ey, const T* __restrict__ curv,
+                             T* __restrict__ dc_part, int64_t N, int64_t M) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   T dcsum = 0;
   if (j < M) {
@@ -84,7 +91,7 @@ __global__ void bwd_epilogue(const GT* __restrict__ G, T* P, const T* __restrict
       if (K == Kind::Inner) {
         pinner_bwd(g, xi, ytj, T(1) / xi, iytj, ic2h, gp, dc);
       } else {
-        pdist_bwd(g, P[i * M + j], xi, ytj, T(1) / xi, iytj, c, isc, ic, ihc, gp, dc);
+        pdist_bwd(g, P[i * M + j], ex[i], ey[j], T(1) / xi, iytj, c, isc, ic, ihc, gp, dc);
       }
       P[i * M + j] = gp;
       dcsum += dc;
@@ -105,16 +112,18 @@ __global__ void finish_kernel(const acc_t<S>* __restrict__ A, const acc_t<S>* __
   out[idx] = static_cast<S>(a[k] - a[D] / xt[i] * X[idx]);
 }
 
+// (2, N): row 0 the time components x_t, row 1 their excesses x_t - 1/sqrt(c).
 Tensor time_components(const Tensor& x, const Tensor& curv) {
   const int64_t N = x.size(0), D = x.size(1);
-  Tensor xt = at::empty({N}, curv.options());
+  Tensor xt = at::empty({2, N}, curv.options());
   if (N == 0) return xt;
   dispatch_all(x.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
     const unsigned blocks = static_cast<unsigned>((N + kThreads / 32 - 1) / (kThreads / 32));
     time_kernel<S><<<blocks, kThreads, 0, stream()>>>(x.template const_data_ptr<S>(),
                                                        curv.template const_data_ptr<acc_t<S>>(),
-                                                       xt.template mutable_data_ptr<acc_t<S>>(), N, D);
+                                                       xt.template mutable_data_ptr<acc_t<S>>(),
+                                                       xt.template mutable_data_ptr<acc_t<S>>() + N, N, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return xt;
@@ -145,7 +154,9 @@ Tensor pairwise_fwd(const Tensor& x_in, const Tensor& y_in, const Tensor& curv_i
   const int64_t N = p.x.size(0), M = p.y.size(0);
   Tensor P = products(p.x, p.y);
   if (N == 0 || M == 0) return P.to(x_in.scalar_type());
-  const Tensor xt = time_components(p.x, p.curv), yt = time_components(p.y, p.curv);
+  const Tensor tx = time_components(p.x, p.curv), ty = time_components(p.y, p.curv);
+  // the distance reads the excesses (cancellation-free u), the inner product the components
+  const Tensor xt = tx[K == Kind::Inner ? 0 : 1], yt = ty[K == Kind::Inner ? 0 : 1];
   const bool same = P.scalar_type() == p.x.scalar_type();
   Tensor out = same ? P : at::empty({N, M}, p.x.options());
   dispatch_all(p.x.scalar_type(), [&](auto tag) {
@@ -169,7 +180,8 @@ Grads3 pairwise_bwd(const Tensor& grad_in, const Tensor& x_in, const Tensor& y_i
                                                         : grad_in.to(p.x.scalar_type()).contiguous();
   // Becomes G'. pairwise_inner's G' is the grad itself: no products needed.
   Tensor P = K == Kind::Inner ? at::empty({N, M}, p.curv.options()) : products(p.x, p.y);
-  const Tensor xt = time_components(p.x, p.curv), yt = time_components(p.y, p.curv);
+  const Tensor tx = time_components(p.x, p.curv), ty = time_components(p.y, p.curv);
+  const Tensor xt = tx[0], yt = ty[0], ex = tx[1], ey = ty[1];
   const dim3 grid = epilogue_grid(N, M);
   Tensor dc_part = at::zeros({static_cast<int64_t>(grid.x) * grid.y}, p.curv.options());
   Tensor dX = at::empty_like(p.x), dY = at::empty_like(p.y);
@@ -183,8 +195,8 @@ Grads3 pairwise_bwd(const Tensor& grad_in, const Tensor& x_in, const Tensor& y_i
     using T = acc_t<S>;
     bwd_epilogue<T, S, K><<<grid, kThreads, 0, stream()>>>(
         G.template const_data_ptr<S>(), P.template mutable_data_ptr<T>(), xt.template const_data_ptr<T>(),
-        yt.template const_data_ptr<T>(), p.curv.template const_data_ptr<T>(),
-        dc_part.template mutable_data_ptr<T>(), N, M);
+        yt.template const_data_ptr<T>(), ex.template const_data_ptr<T>(), ey.template const_data_ptr<T>(),
+        p.curv.template const_data_ptr<T>(), dc_part.template mutable_data_ptr<T>(), N, M);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const auto cd = P.scalar_type();
     const Tensor xc = p.x.to(cd), yc = p.y.to(cd);

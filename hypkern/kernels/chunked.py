@@ -16,11 +16,15 @@ upstream gradients ``(g_r, g_C, g_p)`` of the three, recomputes each block and a
 
 Two logit kinds:
 
-* ``"lorentz"``: ``S_ij = xt_i yt_j - x_i . y_j`` (a GEMM added onto the outer product),
-  ``u = max(c S - 1, 0)``, ``l = -(beta / 2) acosh(1 + u)`` with ``beta = 2 s / sqrt(c)``,
-  i.e. ``l = -s d_L``. ``dl/du = -beta / (2 sqrt(u (u + 2)))``, set to 0 where ``u = 0``
-  (coinciding points), as the reference does. ``xt = sqrt(1/c + |x|^2)`` is computed here and
-  its gradient folded into ``dx`` and ``dc``.
+* ``"lorentz"``: ``u = -c<x_i, y_j>_L - 1`` in the cancellation-free form of
+  :func:`hypkern.lorentz.reference.pairwise_u`, ``u = c ((e_i + f_j)/sqrt(c) + e_i f_j -
+  x_i . y_j)`` with the time components' excesses ``e = xt - 1/sqrt(c) = |x|^2 / (xt +
+  1/sqrt(c))`` (a GEMM added onto an outer product and two broadcasts), clipped at 0;
+  ``l = -(beta / 2) acosh(1 + u)`` with ``beta = 2 s / sqrt(c)``, i.e. ``l = -s d_L``.
+  ``dl/du = -beta / (2 sqrt(u (u + 2)))``, set to 0 where ``u = 0`` (coinciding points), as
+  the reference does. ``du/dc = (u - (xt - yt)^2 / (2 xt yt)) / c`` at fixed features, with
+  ``xt - yt = e - f``: no cancellation near the origin. ``xt``'s dependence on ``x`` is
+  folded into ``dx``.
 * ``"cosine"``: ``l = beta x_i . y_j`` on already normalised features (``beta = s``; ``c``
   is unused and gets a zero gradient).
 
@@ -48,21 +52,27 @@ def _blocks(block_rows: int, block_cols: int) -> tuple[int, int]:
 
 
 def _time(x, c):
-    return torch.sqrt(torch.linalg.vecdot(x, x) + c.reciprocal())
+    """``(xt, e)``: the time components ``sqrt(1/c + |x|^2)`` and their excesses over 1/sqrt(c)."""
+    a = torch.linalg.vecdot(x, x)
+    xt = torch.sqrt(a + c.reciprocal())
+    return xt, a / (xt + torch.rsqrt(c))
 
 
-def _block(kind, x, y, xt, yt, c, beta, need_den: bool = False):
+def _block(kind, x, y, ex, ey, c, beta, need_den: bool = False):
     """(logits, u, 1 / sqrt(u (u + 2))) of one block (the last two for Lorentz only).
 
-    Lorentz: ``u = c (xt yt^T - x y^T) - 1`` as one addmm on the outer product, clipped at 0
-    (rounding can push it below). ``acosh(1 + u)`` is taken as ``log(1 + u + sqrt(u (u + 2)))``:
+    Lorentz: ``u = c (e f^T + (e + f^T)/sqrt(c) - x y^T)`` (``e``, ``f`` the rows' and columns'
+    time excesses) as one addmm on the outer product, clipped at 0 (rounding can push it
+    below). ``acosh(1 + u)`` is taken as ``log(1 + u + sqrt(u (u + 2)))``:
     torch's ``asinh`` and ``log1p`` are not vectorised on CPU (20-50x slower than ``log``), and
     the loss only needs the logits to absolute precision (error ~ beta * eps), which this form
     has.
     """
     if kind != "lorentz":
         return torch.mm(x, y.T).mul_(beta), None, None
-    u = torch.outer(xt, yt).addmm_(x, y.T, alpha=-1.0).mul_(c).sub_(1.0).clamp_(min=0.0)
+    isc = torch.rsqrt(c)
+    u = torch.outer(ex, ey).add_((ex * isc)[:, None]).add_((ey * isc)[None, :]).addmm_(x, y.T, alpha=-1.0)
+    u = u.mul_(c).clamp_(min=0.0)
     den = u.add(2.0).mul_(u).sqrt_()                       # sqrt(u (u + 2)) = sqrt(z^2 - 1)
     logits = torch.add(den, u).add_(1.0).log_().mul_(-0.5 * beta)
     if not need_den:
@@ -90,8 +100,8 @@ def contrastive_fwd(kind: str, x, y, c, beta, targets, block_rows: int = 0, bloc
     lorentz = kind == "lorentz"
     dt, dev = x.dtype, x.device
     c, beta = c.to(dt), beta.to(dt)
-    xt = _time(x, c) if lorentz else None
-    yt = _time(y, c) if lorentz else None
+    ex = _time(x, c)[1] if lorentz else None
+    ey = _time(y, c)[1] if lorentz else None
     neg_inf = float("-inf")
     row_lse = torch.empty(n, dtype=dt, device=dev)
     col_lse = torch.full((m,), neg_inf, dtype=dt, device=dev)
@@ -100,12 +110,12 @@ def contrastive_fwd(kind: str, x, y, c, beta, targets, block_rows: int = 0, bloc
     for r0 in range(0, n, br):
         r1 = min(r0 + br, n)
         xr, tr = x[r0:r1], targets[r0:r1]
-        xtr = xt[r0:r1] if lorentz else None
+        exr = ex[r0:r1] if lorentz else None
         rl = torch.full((r1 - r0,), neg_inf, dtype=dt, device=dev)
         pr = pos[r0:r1]
         for c0 in range(0, m, bc):
             c1 = min(c0 + bc, m)
-            logits, _, _ = _block(kind, xr, y[c0:c1], xtr, yt[c0:c1] if lorentz else None, c, beta)
+            logits, _, _ = _block(kind, xr, y[c0:c1], exr, ey[c0:c1] if lorentz else None, c, beta)
             lse_r, lse_c = _lse_rows_cols(logits, scratch[: logits.numel()].view_as(logits))
             rl = torch.logaddexp(rl, lse_r)
             col_lse[c0:c1] = torch.logaddexp(col_lse[c0:c1], lse_c)
@@ -127,8 +137,11 @@ def contrastive_bwd(kind: str, g_row, g_col, g_pos, x, y, c, beta, targets, row_
     c, beta = c.to(dt), beta.to(dt)
     g_row, g_col, g_pos = g_row.to(dt), g_col.to(dt), g_pos.to(dt)
     if lorentz:
-        xt, yt = _time(x, c), _time(y, c)
+        (xt, ex), (yt, ey) = _time(x, c), _time(y, c)
         dxt, dyt = torch.zeros_like(xt), torch.zeros_like(yt)
+        # du/dc = (u - (xt - yt)^2 / (2 xt yt)) / c = (u - (e^2/xt)(1/yt) + 2 (e/xt)(f/yt) - (1/xt)(f^2/yt)) / c
+        gap_r = torch.stack([ex * ex / xt, ex / xt, xt.reciprocal()], 1)                    # (N, 3)
+        gap_c = torch.stack([yt.reciprocal(), -2.0 * ey / yt, ey * ey / yt], 1)            # (M, 3)
     dx, dy = torch.zeros_like(x), torch.zeros_like(y)
     d_beta = torch.zeros((), dtype=dt, device=dev)  # sum G * l   (dl/dbeta = l / beta)
     d_c = torch.zeros((), dtype=dt, device=dev)     # sum psi * dU/dc
@@ -137,12 +150,14 @@ def contrastive_bwd(kind: str, g_row, g_col, g_pos, x, y, c, beta, targets, row_
         r1 = min(r0 + br, n)
         xr, tr = x[r0:r1], targets[r0:r1]
         xtr = xt[r0:r1] if lorentz else None
+        exr = ex[r0:r1] if lorentz else None
         gp = g_pos[r0:r1, None]
         for c0 in range(0, m, bc):
             c1 = min(c0 + bc, m)
             yc = y[c0:c1]
             ytc = yt[c0:c1] if lorentz else None
-            logits, u, inv_den = _block(kind, xr, yc, xtr, ytc, c, beta, need_den=True)
+            eyc = ey[c0:c1] if lorentz else None
+            logits, u, inv_den = _block(kind, xr, yc, exr, eyc, c, beta, need_den=True)
             # G = dL/dl on this block.
             g = torch.sub(logits, row_lse[r0:r1, None]).exp_().mul_(g_row[r0:r1, None])
             t = torch.sub(logits, col_lse[None, c0:c1], out=scratch[: g.numel()].view_as(g))
@@ -153,9 +168,10 @@ def contrastive_bwd(kind: str, g_row, g_col, g_pos, x, y, c, beta, targets, row_
             d_beta += torch.dot(g.view(-1), logits.view(-1))
             if lorentz:
                 # psi = dL/du = G dl/du with u = c (xt yt - x.y) - 1:
-                # dL/dc += psi (u + 1) / c, dL/dx = -c psi y, dL/dxt = c psi yt (and for y).
+                # dL/dc += psi du/dc, dL/dx = -c psi y, dL/dxt = c psi yt (and for y).
                 psi = g.mul_(inv_den).mul_(-0.5 * beta)
-                d_c += (torch.dot(psi.view(-1), u.view(-1)) + psi.sum()) / c
+                gap = (gap_r[r0:r1] * psi.mm(gap_c[c0:c1])).sum()  # sum psi (xt - yt)^2 / (xt yt)
+                d_c += (torch.dot(psi.view(-1), u.view(-1)) - 0.5 * gap) / c
                 k = psi.mul_(-c)                                # dL/d(x.y) = -c psi
                 dx[r0:r1].addmm_(k, yc)
                 dy[c0:c1].addmm_(k.T, xr)
@@ -167,8 +183,7 @@ def contrastive_bwd(kind: str, g_row, g_col, g_pos, x, y, c, beta, targets, row_
                 dy[c0:c1].addmm_(g.T, xr)
     gbeta = (d_beta / beta).reshape(())
     if lorentz:
-        # xt = sqrt(1/c + |x|^2): dx += dxt x / xt, dc -= dxt / (2 c^2 xt); same for y.
-        d_c -= ((dxt / xt).sum() + (dyt / yt).sum()) / (2.0 * c * c)
+        # xt = sqrt(1/c + |x|^2): dx += dxt x / xt (its c-dependence is inside du/dc); same for y.
         dx.addcmul_(x, (dxt / xt)[:, None])
         dy.addcmul_(y, (dyt / yt)[:, None])
     return dx, dy, d_c.reshape(()).to(c_in.dtype), gbeta.to(beta.dtype)

@@ -18,8 +18,13 @@ Clipping constants (shared by every backend, see ``hypkern/lorentz/constants.py`
   outputs stay finite in float32 and half precision.
 * ``SMALL_R = 1e-3``: below this ``sqrt(c)|v|`` the maps use Taylor series of
   ``sinh(r)/r`` and ``asinh(r)/r`` instead of the 0/0 quotient.
-* ``ANGLE_DENOM_EPS = 1e-8``: the denominator of the exterior angle is at least this; at
-  the degenerate configurations (``x = 0`` or ``x = y``) the angle becomes ``pi/2``.
+* ``ANGLE_DENOM_EPS = 1e-8``: where the exterior angle's denominator ``|x| sqrt(u (u + 2))``
+  is below this (``x = 0`` or ``x = y``: the angle is undefined) it is ``pi/2`` with a
+  **zero** gradient with respect to every input (the rule at coincident points).
+
+Coincident points: ``pairwise_dist``/``dist`` are 0 at ``x = y`` with gradient 0 (the
+distance's subgradient at its minimum); ``oxy_angle(x, x)`` is ``pi/2`` with gradient 0.
+Elsewhere no gradient exceeds what the clips above imply.
 """
 from __future__ import annotations
 
@@ -78,18 +83,39 @@ def _acosh_1p(u: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.asinh(_safe_sqrt(0.5 * u))
 
 
+def time_excess(x: torch.Tensor, curv) -> torch.Tensor:
+    """``x_t - 1/sqrt(c) = |x|^2 / (x_t + 1/sqrt(c))`` (N,): the time component's excess over
+    the origin's, without the cancellation of the difference."""
+    c = _curv(curv, x)
+    return (x * x).sum(-1) / (time_component(x, c) + torch.rsqrt(c))
+
+
+def pairwise_u(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
+    """``u = -c<x_i, y_j>_L - 1 >= 0`` (N, M) in the cancellation-free pairwise form every
+    backend uses: with the excesses ``e_x = x_t - 1/sqrt(c)`` (:func:`time_excess`),
+    ``x_t y_t - 1/c = (e_x + e_y)/sqrt(c) + e_x e_y``, so
+
+        u = c ((e_x,i + e_y,j)/sqrt(c) + e_x,i e_y,j - x_i . y_j),
+
+    whose rounding is relative to the norms rather than to ``1/c`` (the naive
+    ``c (x_t y_t - x.y) - 1`` loses everything near the origin). Clipped at 0."""
+    c = _curv(curv, x)
+    ex, ey = time_excess(x, c), time_excess(y, c)
+    return torch.clamp(c * ((ex[:, None] + ey[None, :]) * torch.rsqrt(c) + ex[:, None] * ey[None, :] - x @ y.T),
+                       min=0.0)
+
+
 def pairwise_dist(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     """d(x_i, y_j) = acosh(-c <x_i, y_j>_L) / sqrt(c), (N, D) x (M, D) -> (N, M).
 
-    ``u = -c<x,y>_L - 1`` is clipped at 0 (rounding can push it below) and the distance is
-    taken as ``2 asinh(sqrt(u/2)) / sqrt(c)``; its gradient is 0 where ``u`` is clipped.
+    ``u = -c<x,y>_L - 1`` from :func:`pairwise_u` (cancellation-free, clipped at 0) and the
+    distance as ``2 asinh(sqrt(u/2)) / sqrt(c)``; its gradient is 0 where ``u`` is clipped
+    (coincident points).
     """
     out_dtype = x.dtype
     x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
     c = _curv(curv, x)
-    xt, yt = time_component(x, c), time_component(y, c)
-    u = torch.clamp(c * (xt[:, None] * yt[None, :] - x @ y.T) - 1.0, min=0.0)
-    return (_acosh_1p(u) / torch.sqrt(c)).to(out_dtype)
+    return (_acosh_1p(pairwise_u(x, y, c)) / torch.sqrt(c)).to(out_dtype)
 
 
 def _half_sq_lorentz_gap(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor):
@@ -193,7 +219,9 @@ def oxy_angle(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     ``acos((y_t + c<x,y>_L x_t) / (|x| sqrt((c<x,y>_L)^2 - 1)))``. With ``z = -c<x,y>_L``,
     ``u = z - 1 = c |x-y|_L^2 / 2`` is computed from differences (no cancellation), the root
     as ``sqrt(u (u + 2))``; the denominator is at least
-    ``ANGLE_DENOM_EPS`` and the quotient is clipped into ``[-1 + ASIN_EPS, 1 - ASIN_EPS]``.
+    ``ANGLE_DENOM_EPS`` and the quotient is clipped into ``[-1 + ASIN_EPS, 1 - ASIN_EPS]``;
+    where the raw denominator is below ``ANGLE_DENOM_EPS`` (``x = 0`` or ``x = y``) the angle
+    is ``pi/2`` with zero gradient.
     """
     out_dtype = x.dtype
     x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
@@ -201,8 +229,11 @@ def oxy_angle(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     xt, gap, q = _half_sq_lorentz_gap(x, y, c)
     u = 0.5 * c * q  # z - 1 without the cancellation of c (x_t y_t - x.y) - 1
     numer = -gap - u * xt  # y_t - z x_t = (y_t - x_t) - (z - 1) x_t
-    denom = torch.clamp(_norm(x) * _safe_sqrt(u * (u + 2.0)), min=ANGLE_DENOM_EPS)
-    arg = torch.clamp(numer / denom, min=-1.0 + ASIN_EPS, max=1.0 - ASIN_EPS)
+    den_raw = _norm(x) * _safe_sqrt(u * (u + 2.0))
+    denom = torch.clamp(den_raw, min=ANGLE_DENOM_EPS)
+    # undefined (x = 0 or x = y): pi/2 with zero gradient, not the clip's artefact
+    ratio = torch.where(den_raw >= ANGLE_DENOM_EPS, numer / denom, torch.zeros_like(numer))
+    arg = torch.clamp(ratio, min=-1.0 + ASIN_EPS, max=1.0 - ASIN_EPS)
     return torch.acos(arg).to(out_dtype)
 
 

@@ -139,8 +139,9 @@ def _oxy_core(a, b, e, f, c, g, WITH_GRAD: tl.constexpr):
     den_raw = nx * sq
     den_ok = den_raw >= M.ANGLE_DENOM_EPS
     den = M.max_c(den_raw, M.ANGLE_DENOM_EPS)
-    ratio = numer / den
-    arg_ok = (ratio >= M.ASIN_LO) & (ratio <= M.ASIN_HI)
+    # undefined (x = 0 or x = y): pi/2 with zero gradient (the rule at coincident points)
+    ratio = tl.where(den_ok, numer / den, 0.0)
+    arg_ok = den_ok & (ratio >= M.ASIN_LO) & (ratio <= M.ASIN_HI)
     arg = M.min_c(M.max_c(ratio, M.ASIN_LO), M.ASIN_HI)
     val = M.acos(arg)
     if WITH_GRAD:

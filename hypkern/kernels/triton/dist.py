@@ -3,7 +3,8 @@
 * ``pairwise_inner`` / ``pairwise_dist``: a tiled ``tl.dot`` kernel (K-loop over D) whose
   epilogue turns ``p = x_i . y_j`` and the row squared norms ``a_i``, ``b_j`` into
   ``<x,y>_L = p - x_t y_t`` (``x_t = sqrt(1/c + a)``) or the distance
-  ``acosh_1p(u) / sqrt(c)``, ``u = max(c (x_t y_t - p) - 1, 0)``, directly in the output tile.
+  ``acosh_1p(u) / sqrt(c)``, ``u = max(c ((e_x + e_y)/sqrt(c) + e_x e_y - p), 0)`` (the
+  cancellation-free form, ``e = x_t - 1/sqrt(c)``), directly in the output tile.
   No N x M tensor besides the output.
 * Backward: both ops depend on ``x, y`` only through ``L = <x,y>_L``, with
   ``dL/dx = y - (y_t / x_t) x``. With ``psi = grad * dout/dL`` (recomputed tile by tile,
@@ -62,8 +63,11 @@ def _pairwise_fwd_kernel(X, Y, A, B, CURV, OUT, N, M_, D,
     if OP == 0:
         out = p - xy_t
     else:
-        u = tl.maximum(c * (xy_t - p) - 1.0, 0.0)
-        out = M.acosh_1p(u) / tl.sqrt(c)
+        isc = 1.0 / tl.sqrt(c)
+        ex = a / (xt + isc)                      # xt - 1/sqrt(c) without cancellation
+        ey = b / (yt + isc)
+        u = tl.maximum(c * ((ex[:, None] + ey[None, :]) * isc + ex[:, None] * ey[None, :] - p), 0.0)
+        out = M.acosh_1p(u) * isc
     optr = OUT + rows.to(tl.int64)[:, None] * M_ + cols[None, :]
     tl.store(optr, out.to(OUT.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
@@ -86,6 +90,8 @@ def _pairwise_bwd_kernel(X, Y, A, B, CURV, G, DX, CPART, N, M_, D, s_gn, s_gm,
     inv_c = 1.0 / c
     a = tl.load(A + rows, mask=rmask, other=0.0)
     xt = tl.sqrt(inv_c + a)
+    isc = 1.0 / sc
+    ex = a / (xt + isc)                          # xt - 1/sqrt(c) without cancellation
     acc = tl.zeros([BN, BD], CDT)
     s_row = tl.zeros([BN], CDT)
     c_row = tl.zeros([BN], CDT)
@@ -111,11 +117,14 @@ def _pairwise_bwd_kernel(X, Y, A, B, CURV, G, DX, CPART, N, M_, D, s_gn, s_gm,
             psi = g
             fc = g * dl_dc
         else:
-            u = tl.maximum(c * (xy_t - p) - 1.0, 0.0)
+            ey = b / (yt + isc)
+            u = tl.maximum(c * ((ex[:, None] + ey[None, :]) * isc + ex[:, None] * ey[None, :] - p), 0.0)
             g_u = g * M.acosh_1p_d(u) / sc           # grad * dd/du
             psi = -c * g_u                            # grad * dd/dL, u = -c L - 1
             d = M.acosh_1p(u) / sc
-            fc = g_u * (u + 1.0) * inv_c + psi * dl_dc - g * d * (0.5 * inv_c)
+            gap = ex[:, None] - ey[None, :]           # xt - yt
+            # du/dc at fixed x, y = (u - (xt - yt)^2 / (2 xt yt)) / c: no cancellation near O
+            fc = g_u * (u - 0.5 * gap * gap / xy_t) * inv_c - g * d * (0.5 * inv_c)
         s_row += tl.sum(psi * yt[None, :], 1)
         c_row += tl.sum(fc, 1)
         ytile = tl.load(Y + ybase[:, None] + dcols[None, :], mask=cmask[:, None] & dmask[None, :],
@@ -235,7 +244,7 @@ def _dist_fwd_kernel(X, Y, CURV, OUT, N, D, CDT: tl.constexpr, BR: tl.constexpr,
     yt = tl.sqrt(1.0 / c + b)
     gg = f / (xt + yt)
     q = tl.maximum(e - gg * gg, 0.0)
-    r = tl.sqrt(tl.maximum(q, M.tiny_like(q)))
+    r = tl.where(q > 0.0, tl.sqrt(tl.maximum(q, M.tiny_like(q))), 0.0)  # exactly 0 at x = y
     d = 2.0 * M.asinh(0.5 * sc * r) / sc
     tl.store(OUT + rows, d.to(OUT.dtype.element_ty), mask=rmask)
 

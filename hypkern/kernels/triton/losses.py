@@ -14,8 +14,11 @@ Contrastive, four launches of one stats kernel and one gradient kernel, no atomi
 
 ``S_ij = x_i . y_j`` comes from ``tl.dot`` (16-bit inputs use the tensor cores with float32
 accumulation on a GPU); everything after it is float32 (float64 for float64 inputs).
-Lorentz: ``u = max(c (xt_i yt_j - S_ij) - 1, 0)``, ``l = -beta asinh(sqrt(u / 2))``.
-Cosine: ``l = beta S``.
+Lorentz: ``u = max(c ((e_i + f_j)/sqrt(c) + e_i f_j - S_ij), 0)`` with the time components'
+excesses ``e = xt - 1/sqrt(c)``, ``f = yt - 1/sqrt(c)`` (the cancellation-free form of
+``c (xt yt - S) - 1``, see :func:`hypkern.lorentz.reference.pairwise_u`),
+``l = -beta asinh(sqrt(u / 2))``. Cosine: ``l = beta S``. ``PT``/``QT`` hold ``[xt; e]``
+(2 x N) per side.
 """
 from __future__ import annotations
 
@@ -52,10 +55,11 @@ def _dot_tile(P, Q, pbase, qbase, pmask, qmask, D, CDT: tl.constexpr, DOT_NATIVE
 
 
 @triton.jit
-def _logits(s, pt, qt, c, beta, KIND: tl.constexpr):
-    """(logits, u) of a tile; u is the clipped ``c (xt yt - S) - 1`` (Lorentz) or S (cosine)."""
+def _logits(s, pe, qe, c, beta, KIND: tl.constexpr):
+    """(logits, u) of a tile; u = -c<x,y>_L - 1 >= 0 from the excesses ``pe``, ``qe`` (Lorentz)
+    or S (cosine)."""
     if KIND == 0:
-        u = tl.maximum(c * (pt[:, None] * qt[None, :] - s) - 1.0, 0.0)
+        u = tl.maximum(c * ((pe[:, None] + qe[None, :]) / tl.sqrt(c) + pe[:, None] * qe[None, :] - s), 0.0)
         lg = -beta * M.asinh(tl.sqrt(0.5 * u))
     else:
         u = s
@@ -73,7 +77,7 @@ def _lse_kernel(P, Q, PT, QT, PARAMS, TGT, LSE, POS, NP, NQ, D,
     pbase = rows.to(tl.int64) * D
     c = tl.load(PARAMS).to(CDT)
     beta = tl.load(PARAMS + 1).to(CDT)
-    pt = tl.load(PT + rows, mask=pmask, other=1.0).to(CDT)
+    pe = tl.load(PT + NP + rows, mask=pmask, other=0.0).to(CDT)
     if WITH_POS:
         tgt = tl.load(TGT + rows, mask=pmask, other=-1)
     run_max = tl.full([BP], float("-inf"), CDT)
@@ -83,8 +87,8 @@ def _lse_kernel(P, Q, PT, QT, PARAMS, TGT, LSE, POS, NP, NQ, D,
         cols = q0 + tl.arange(0, BQ)
         qmask = cols < NQ
         s = _dot_tile(P, Q, pbase, cols.to(tl.int64) * D, pmask, qmask, D, CDT, DOT_NATIVE, BP, BQ, BK)
-        qt = tl.load(QT + cols, mask=qmask, other=1.0).to(CDT)
-        lg, u = _logits(s, pt, qt, c, beta, KIND)
+        qe = tl.load(QT + NQ + cols, mask=qmask, other=0.0).to(CDT)
+        lg, u = _logits(s, pe, qe, c, beta, KIND)
         lg = tl.where(qmask[None, :], lg, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(lg, 1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(lg - new_max[:, None]), 1)
@@ -105,7 +109,8 @@ def _grad_kernel(P, Q, PT, QT, PARAMS, LSE_P, HW_P, LSE_Q, HW_Q, TGT, POSW,
     ``G_pq = HW_P[p] e^(l - LSE_P[p]) + HW_Q[q] e^(l - LSE_Q[q]) - POSW[i] [pair (i, t_i) = (p, q)]``
     (the positive indicator reads TGT on whichever side holds the images), then
     DP[p, dcols] = sum_q K_pq Q[q, dcols], DPT[p] = sum_q psi_pq c qt_q (Lorentz), and
-    PART[prog] = (sum psi (u + 1) / c, sum G l / beta) from the first D-block."""
+    PART[prog] = (sum psi du/dc, sum G l / beta) from the first D-block, with the
+    cancellation-free ``du/dc = (u - (e_p - f_q)^2 / (2 pt qt)) / c`` at fixed features."""
     pid = tl.program_id(0)
     pid_d = tl.program_id(1)
     rows = pid * BP + tl.arange(0, BP)
@@ -116,6 +121,7 @@ def _grad_kernel(P, Q, PT, QT, PARAMS, LSE_P, HW_P, LSE_Q, HW_Q, TGT, POSW,
     c = tl.load(PARAMS).to(CDT)
     beta = tl.load(PARAMS + 1).to(CDT)
     pt = tl.load(PT + rows, mask=pmask, other=1.0).to(CDT)
+    pe = tl.load(PT + NP + rows, mask=pmask, other=0.0).to(CDT)
     lse_p = tl.load(LSE_P + rows, mask=pmask, other=0.0).to(CDT)
     hw_p = tl.load(HW_P + rows, mask=pmask, other=0.0).to(CDT)
     if TGT_ON_Q:
@@ -134,9 +140,10 @@ def _grad_kernel(P, Q, PT, QT, PARAMS, LSE_P, HW_P, LSE_Q, HW_Q, TGT, POSW,
         qbase = cols.to(tl.int64) * D
         s = _dot_tile(P, Q, pbase, qbase, pmask, qmask, D, CDT, DOT_NATIVE, BP, BQ, BK)
         qt = tl.load(QT + cols, mask=qmask, other=1.0).to(CDT)
+        qe = tl.load(QT + NQ + cols, mask=qmask, other=0.0).to(CDT)
         lse_q = tl.load(LSE_Q + cols, mask=qmask, other=0.0).to(CDT)
         hw_q = tl.load(HW_Q + cols, mask=qmask, other=0.0).to(CDT)
-        lg, u = _logits(s, pt, qt, c, beta, KIND)
+        lg, u = _logits(s, pe, qe, c, beta, KIND)
         g = hw_p[:, None] * tl.exp(lg - lse_p[:, None]) + hw_q[None, :] * tl.exp(lg - lse_q[None, :])
         if TGT_ON_Q:
             tgt_q = tl.load(TGT + cols, mask=qmask, other=-1).to(tl.int64)
@@ -148,7 +155,8 @@ def _grad_kernel(P, Q, PT, QT, PARAMS, LSE_P, HW_P, LSE_Q, HW_Q, TGT, POSW,
         acc_b += tl.sum(g * lg, 1)
         if KIND == 0:
             psi = g * (-0.5 * beta) * M.acosh_1p_d(u)    # dL/du
-            acc_c += tl.sum(psi * (u + 1.0), 1)
+            gap = pe[:, None] - qe[None, :]                 # xt - yt
+            acc_c += tl.sum(psi * (u - 0.5 * gap * gap / (pt[:, None] * qt[None, :])), 1)
             acc_t += tl.sum(psi * qt[None, :], 1)
             k = -c * psi                                # dL/dS
         else:
@@ -230,11 +238,9 @@ def contrastive_bwd(kind: str, g_row, g_col, g_pos, x, y, c, beta, targets, row_
     row_lse, col_lse = row_lse.to(cd).contiguous(), col_lse.to(cd).contiguous()
     dx, dxt, part = _grad(k, xc, yc, xt, yt, params, row_lse, g_row, col_lse, g_col, tgt, posw, False)
     dy, dyt, _ = _grad(k, yc, xc, yt, xt, params, col_lse, g_col, row_lse, g_row, tgt, posw, True)
-    g_c, g_beta = part[0], part[1]
+    g_c, g_beta = part[0], part[1]                       # g_c: the whole dL/dc (du/dc in-kernel)
     if k == KIND_LORENTZ:
-        cc = params[0]
-        ax, ay = dxt / xt, dyt / yt                      # xt = sqrt(1/c + |x|^2)
-        g_c = g_c - (ax.sum() + ay.sum()) / (2.0 * cc * cc)
+        ax, ay = dxt / xt[0], dyt / yt[0]                # xt = sqrt(1/c + |x|^2)
         dx = dx.addcmul_(xc.to(cd), ax[:, None])
         dy = dy.addcmul_(yc.to(cd), ay[:, None])
     else:
@@ -244,17 +250,22 @@ def contrastive_bwd(kind: str, g_row, g_col, g_pos, x, y, c, beta, targets, row_
 
 def _operands(kind, x, y, c, beta):
     """(kind id, x, y, xt, yt, params=[c, beta]) for the kernels, in the compute dtype for the
-    scalars; features stay in their own dtype (the kernels accumulate in float32)."""
+    scalars; features stay in their own dtype (the kernels accumulate in float32). ``xt``,
+    ``yt``: (2, N) stacks of the time components and their excesses over ``1/sqrt(c)``."""
     k = KIND_LORENTZ if kind == "lorentz" else KIND_COSINE
     cd = compute_dtype(x.dtype)
     x, y = x.contiguous(), y.contiguous()
     if k == KIND_LORENTZ:
         c_ = c.detach().to(cd).reshape(1)
-        xt = torch.sqrt(torch.linalg.vecdot(x.to(cd), x.to(cd)) + 1.0 / c_)
-        yt = torch.sqrt(torch.linalg.vecdot(y.to(cd), y.to(cd)) + 1.0 / c_)
+
+        def times(v):
+            a = torch.linalg.vecdot(v.to(cd), v.to(cd))
+            t = torch.sqrt(a + 1.0 / c_)
+            return torch.stack([t, a / (t + torch.rsqrt(c_))])
+        xt, yt = times(x), times(y)
     else:
         c_ = torch.ones(1, device=x.device, dtype=cd)
-        xt = torch.ones(x.shape[0], device=x.device, dtype=cd)
-        yt = torch.ones(y.shape[0], device=x.device, dtype=cd)
+        xt = torch.ones(2, x.shape[0], device=x.device, dtype=cd)
+        yt = torch.ones(2, y.shape[0], device=x.device, dtype=cd)
     params = torch.cat([c_, beta.detach().to(cd).reshape(1)]).contiguous()
     return k, x, y, xt.contiguous(), yt.contiguous(), params
