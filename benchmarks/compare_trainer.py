@@ -74,23 +74,25 @@ def _install_counters(counts: dict) -> None:
 
     for name in ("lorentz_contrastive_loss", "clip_contrastive_loss"):
         setattr(L, name, counting(getattr(L, name)))
-    try:  # the new tree: rows the fused kernel itself computes (this rank's images x all texts)
-        from hypkern.kernels import chunked
-        real_fwd = chunked.contrastive_fwd
+    # the new tree: rows the fused kernel itself computes (this rank's images x all texts)
+    import importlib
+    for name in ("hypkern.kernels.chunked", "hypkern.kernels.triton"):
+        try:
+            mod = importlib.import_module(name)
+            real_fwd = mod.contrastive_fwd
+        except Exception:  # the old tree, or Triton not usable here
+            continue
 
-        def fwd(kind, x, y, *a):
+        def fwd(kind, x, y, *a, _real=real_fwd):
             if counts["on"]:
                 counts["kernel_rows"].append((int(x.shape[0]), int(y.shape[0])))
-            return real_fwd(kind, x, y, *a)
-        chunked.contrastive_fwd = fwd
-    except (ImportError, AttributeError):
-        pass
+            return _real(kind, x, y, *a)
+        mod.contrastive_fwd = fwd
 
 
 def _one_run(spec: dict, steps: int) -> dict:
     import resource
 
-    import torch
 
     from hypkern.unlearning import unlearn
     from hypkern.unlearning.toy import toy_pairs
@@ -101,8 +103,9 @@ def _one_run(spec: dict, steps: int) -> dict:
     model = tiny_meru(0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     counts["on"] = True
+    extra = {"device": spec["device"]} if spec.get("device") else {}
     res = unlearn(model, ["dog"], data, steps=steps, retain_batch_size=spec["retain"],
-                  forget_batch_size=spec["forget"], progress=False, eval=False, seed=1)
+                  forget_batch_size=spec["forget"], progress=False, eval=False, seed=1, **extra)
     counts["on"] = False
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = [r["time_s"] for r in res.history[1:]]
@@ -115,9 +118,13 @@ def _rank_main(rank: int, world: int, port: int, spec: dict, out: str) -> None:
     import torch
     import torch.distributed as tdist
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    cuda = spec.get("device") == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank)
+    tdist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                             world_size=world)
     try:
-        r = _one_run(spec, spec["steps"])
+        r = _one_run({**spec, "device": f"cuda:{rank}" if cuda else None}, spec["steps"])
     finally:
         tdist.destroy_process_group()
     with open(f"{out}.rank{rank}", "w") as fh:
@@ -213,6 +220,24 @@ def _table(res: dict, spec: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ranks_only(a, spec) -> int:
+    """W ranks on the global batch vs one rank on B/W (the new trainer; GPU suite row)."""
+    w = a.ranks_only
+    many = _run_in(ROOT, {**spec, "world": w})["ranks"]
+    one = _run_in(ROOT, {**spec, "retain": spec["retain"] // w, "forget": spec["forget"] // w})
+    b = spec["retain"] + spec["forget"]
+    md = (f"# Unlearning trainer rank scaling ({a.device}, tiny MERU HAC, global batch {b})\n\n"
+          "| setting | rows x columns per rank's contrastive kernel | step time (ms) |\n|---|---|---:|\n"
+          f"| {w} ranks, batch {b} | {many[0]['kernel_rows'][-1][0]} x {many[0]['kernel_rows'][-1][1]} | "
+          f"{many[0]['step_ms']:.1f} |\n| 1 rank, batch {b // w} | {one['kernel_rows'][0]} x {one['kernel_rows'][1]} | "
+          f"{one['step_ms']:.1f} |\n")
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, f"trainer_ranks_{a.device}.md"), "w") as fh:
+        fh.write(md)
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old", default="128ba35", help="the commit of the old trainer")
@@ -220,8 +245,14 @@ def main(argv=None) -> int:
     p.add_argument("--retain", type=int, default=64)
     p.add_argument("--forget", type=int, default=32)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--ranks-only", type=int, default=0, metavar="W",
+                   help="only the new trainer's rank scaling: W ranks (nccl on CUDA) vs 1 rank on B/W")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     a = p.parse_args(argv)
-    spec = {"steps": a.steps, "retain": a.retain, "forget": a.forget, "per_class": 40}
+    spec = {"steps": a.steps, "retain": a.retain, "forget": a.forget, "per_class": 40,
+            "device": "cuda" if a.device == "cuda" else None}
+    if a.ranks_only:
+        return _ranks_only(a, spec)
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     old = _old_tree(a.old)
     try:
