@@ -27,6 +27,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # for benchmarks.harness; appended, so an installed hypkern still comes first
+    sys.path.append(ROOT)
+
+from benchmarks.harness import runner, tables, timing  # noqa: E402
 
 ROWWISE_OPS = ("dist", "exp_map0", "log_map0", "half_aperture", "oxy_angle")
 PAIRWISE_OPS = ("pairwise_inner", "pairwise_dist")
@@ -42,11 +46,6 @@ COPY_TARGET = 0.85
 MATMUL_TARGET = 0.45
 LOSS_SIZES = (65536, 1048576)
 D = 512
-
-
-def _bench():
-    import hypkern.bench as bench
-    return bench
 
 
 def _load_losses_bench():
@@ -91,21 +90,19 @@ def step_check(out: str) -> int:
 
 
 def step_ceilings(out: str) -> int:
-    bench = _bench()
-    c = bench.ceilings("cuda")
-    c["machine"] = bench.machine_info("cuda")
+    c = timing.ceilings("cuda")
+    c["machine"] = timing.machine_info("cuda")
     print(json.dumps(c, indent=1, default=str))
     _write_json(os.path.join(out, "ceilings.json"), c)
     return 0
 
 
 def step_ops(out: str, dtype: str, deadline: float) -> int:
-    bench = _bench()
     t0 = time.time()
-    res = bench.run_benchmarks("gpu", "cuda", dtype, impls=GPU_IMPLS, isolate=False, sizes=GPU_SIZES,
+    res = runner.run_benchmarks("gpu", "cuda", dtype, impls=GPU_IMPLS, isolate=False, sizes=GPU_SIZES,
                                log=lambda m: print(m, flush=True), deadline_s=deadline)
     short = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(dtype, dtype)
-    paths = bench.write_results(res, out, f"ops_gpu_{short}", f"hypkern GPU benchmarks ({dtype})")
+    paths = tables.write_results(res, out, f"ops_gpu_{short}", f"hypkern GPU benchmarks ({dtype})")
     print(f"wrote {', '.join(paths.values())} in {time.time() - t0:.0f} s")
     return 0
 
@@ -115,7 +112,6 @@ def _own_contrastive(sizes, dtype="bfloat16", repeats=2):
     Lorentz loss fwd+bwd, timed the same way (median of ``repeats`` after one warm-up)."""
     import torch
     import hypkern.losses as L
-    bench = _bench()
     rows = []
     for b in sizes:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -133,7 +129,7 @@ def _own_contrastive(sizes, dtype="bfloat16", repeats=2):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         try:
-            t = bench.time_callable(step, "cuda", warmup=1, min_reps=repeats, max_reps=repeats, min_time=0,
+            t = timing.time_callable(step, "cuda", warmup=1, min_reps=repeats, max_reps=repeats, min_time=0,
                                     warmup_time=0)
             sec = t["median_ms"] / 1e3
             rows.append(dict(backend="triton", B=b, D=D, dtype=dtype, seconds=sec,
@@ -281,8 +277,7 @@ def step_dry_run(out: str) -> int:
     """Everything but the GPU: imports, the plan, the losses engineer's entry point, and the
     report rendered from made-up numbers (marked as such)."""
     import inspect
-    bench = _bench()
-    groups = bench.plan("gpu", "cuda", impls=GPU_IMPLS, sizes=GPU_SIZES)
+    groups = runner.plan("gpu", "cuda", impls=GPU_IMPLS, sizes=GPU_SIZES)
     print(f"plan: {len(groups)} groups on cuda, e.g. {groups[0][:3]} ... {groups[-1][:3]}")
     assert all(g[2] != "compile" for g in groups)
     mod = _load_losses_bench()
