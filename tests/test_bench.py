@@ -143,6 +143,15 @@ def test_cli_quick_in_subprocess_workers(tmp_path):
         assert fb[0]["peak_mb"] is not None and fb[0]["peak_mb"] >= 0
 
 
+def test_run_worker_returns_the_result_or_a_status():
+    """The one subprocess runner (op groups, trainer runs, bench_losses_cpu's children)."""
+    assert runner.run_worker("json:dumps", {"a": [1, 2]}) == ('{"a": [1, 2]}', None)
+    res, status = runner.run_worker("json:loads", {"a": 1}, capture_stderr=True)
+    assert res is None and status.startswith("error: worker exited 1: TypeError"), status
+    res, status = runner.run_worker("time:sleep", 60, timeout=1)
+    assert res is None and status == "timeout: worker exceeded 1 s"
+
+
 def test_targets_are_evaluated_from_rows():
     rows = []
     for impl, ms, mb in (("reference", 100.0, 1000.0), ("chunked", 50.0, 20.0)):

@@ -161,32 +161,59 @@ def _hypkern_root() -> str | None:
     return os.path.dirname(os.path.dirname(os.path.abspath(origin))) if origin else None
 
 
-def _worker_env() -> dict:
-    """This environment with the folders of this process's ``hypkern`` and of this harness first
-    on ``PYTHONPATH``, so that a worker process runs the same code."""
-    env = dict(os.environ)
+def worker_env(extra: dict | None = None) -> dict:
+    """This environment (plus ``extra``) with the folders of this process's ``hypkern`` and of
+    this harness first on ``PYTHONPATH``, so that a worker process runs the same code."""
+    env = dict(os.environ, **(extra or {}))
     harness_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     roots = list(dict.fromkeys(r for r in (_hypkern_root(), harness_root) if r))
     env["PYTHONPATH"] = os.pathsep.join(roots + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
 
 
-def _run_group_subprocess(spec: dict, timeout: float) -> list[dict]:
+def run_worker(target: str, spec: dict, timeout: float | None = None, *, capture_stderr: bool = False,
+               env: dict | None = None):
+    """``target(spec)`` in a fresh Python process: ``(its result, None)``, or ``(None, status)``
+    where the worker failed (``"timeout: ..."``, ``"error: ..."``, the row status to record).
+
+    ``target`` is ``"module:function"``, importable in the worker (``env``: ``worker_env()`` by
+    default); ``spec`` and the result travel as JSON files. The worker's stdout is dropped; its
+    stderr (progress lines) goes to this process's stderr, or with ``capture_stderr`` is kept
+    and its last line ends the error status. This is the one way the harness and the scripts
+    beside it start a worker: fresh processes give clean peak-memory readings."""
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
+        cmd = [sys.executable, "-m", "benchmarks.harness.runner", "--worker", target, spec_path, out_path]
         try:
-            # the worker's progress lines (stderr) go straight to this process's stderr
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.harness.runner", "--worker", spec_path, out_path],
-                                  env=_worker_env(), stdout=subprocess.PIPE, stderr=None, text=True,
-                                  timeout=timeout)
+            proc = subprocess.run(cmd, env=worker_env() if env is None else env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE if capture_stderr else None, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return _failed_rows(spec, f"timeout: worker exceeded {timeout:.0f} s")
+            return None, f"timeout: worker exceeded {timeout:.0f} s"
         if proc.returncode != 0 or not os.path.exists(out_path):
-            return _failed_rows(spec, f"error: worker exited {proc.returncode} (its stderr is in the log above)")
+            if not capture_stderr:
+                return None, f"error: worker exited {proc.returncode} (its stderr is in the log above)"
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+            return None, f"error: worker exited {proc.returncode}: {tail[0][:300]}"
         with open(out_path) as f:
-            return json.load(f)
+            return json.load(f), None
+
+
+def _worker_main(target: str, spec_path: str, out_path: str) -> int:
+    module, _, name = target.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    with open(spec_path) as f:
+        spec = json.load(f)
+    result = fn(spec)
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+def _run_group_subprocess(spec: dict, timeout: float) -> list[dict]:
+    rows, failed = run_worker("benchmarks.harness.runner:_case_worker", spec, timeout)
+    return _failed_rows(spec, failed) if failed else rows
 
 
 def _failed_rows(spec: dict, status: str) -> list[dict]:
@@ -210,15 +237,11 @@ def _run_case(spec: dict, log=None) -> list[dict]:
     return rows
 
 
-def _worker_main(spec_path: str, out_path: str) -> int:
-    with open(spec_path) as f:
-        spec = json.load(f)
+def _case_worker(spec: dict) -> list[dict]:
+    """``_run_case`` in a worker process (progress lines on stderr)."""
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    rows = _run_case(spec, log=lambda m: print(m, file=sys.stderr, flush=True))
-    with open(out_path, "w") as f:
-        json.dump(rows, f)
-    return 0
+    return _run_case(spec, log=lambda m: print(m, file=sys.stderr, flush=True))
 
 
 TIMING = {
@@ -302,6 +325,6 @@ def _derive(rows: list[dict], ceil: dict) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        sys.exit(_worker_main(sys.argv[2], sys.argv[3]))
-    sys.exit("usage: python -m benchmarks.harness.runner --worker SPEC.json OUT.json")
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
+        sys.exit(_worker_main(*sys.argv[2:]))
+    sys.exit("usage: python -m benchmarks.harness.runner --worker MODULE:FUNCTION SPEC.json OUT.json")

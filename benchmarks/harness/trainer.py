@@ -7,14 +7,11 @@ import json
 import math
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import torch
 
-from .runner import _worker_env
+from .runner import run_worker
 from .tables import _fmt, _stamp
 from .timing import _proc_status_kb, _reset_hwm, _trim, machine_info
 
@@ -64,20 +61,8 @@ def _trainer_worker(spec: dict) -> dict:
 
 
 def _run_trainer_subprocess(spec: dict, timeout: float) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        sp, op = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
-        with open(sp, "w") as f:
-            json.dump(spec, f)
-        try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.harness.trainer", "--trainer-worker", sp, op],
-                                  env=_worker_env(), capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return {"status": f"timeout: more than {timeout:.0f} s"}
-        if proc.returncode != 0 or not os.path.exists(op):
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-            return {"status": f"error: worker exited {proc.returncode}: {tail[0][:300]}"}
-        with open(op) as f:
-            return json.load(f)
+    res, failed = run_worker("benchmarks.harness.trainer:_trainer_worker", spec, timeout, capture_stderr=True)
+    return {"status": failed} if failed else res
 
 
 def trainer_benchmark(device: str = "cpu", quick: bool = False, log=print, threads: int | None = None,
@@ -230,12 +215,3 @@ def write_trainer_results(res: dict, out: str, stem: str) -> dict:
         f.write(trainer_markdown(res))
     return paths
 
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--trainer-worker":
-        with open(sys.argv[2]) as _f:
-            _res = _trainer_worker(json.load(_f))
-        with open(sys.argv[3], "w") as _f:
-            json.dump(_res, _f)
-        sys.exit(0)
-    sys.exit("usage: python -m benchmarks.harness.trainer --trainer-worker SPEC.json OUT.json")
