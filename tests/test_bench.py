@@ -152,6 +152,13 @@ def test_run_worker_returns_the_result_or_a_status():
     assert res is None and status == "timeout: worker exceeded 1 s"
 
 
+def test_losses_script_child_runs_through_the_shared_runner():
+    from benchmarks import bench_losses_cpu
+    r = bench_losses_cpu._spawn("chunked", 64, 8, 1, 1)
+    assert r["backend"] == "chunked" and r["B"] == 64 and r["threads"] == 1
+    assert r["seconds"] > 0 and r["peak_bytes"] >= 0 and math.isfinite(r["loss"])
+
+
 def test_targets_are_evaluated_from_rows():
     rows = []
     for impl, ms, mb in (("reference", 100.0, 1000.0), ("chunked", 50.0, 20.0)):

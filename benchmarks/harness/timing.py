@@ -20,7 +20,8 @@ import torch
 
 # ----------------------------------------------------------------------------- machine
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -45,7 +46,7 @@ def machine_info(device: str = "cpu") -> dict:
     """Where and when: CPU model, cores, threads, torch/triton versions, GPU, load, date."""
     info = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -124,7 +125,8 @@ def time_callable(fn: Callable[..., Any], device: str = "cpu", *, setup: Callabl
 
 # ----------------------------------------------------------------------------- memory
 
-def _proc_status_kb(key: str) -> int | None:
+def proc_status_kb(key: str) -> int | None:
+    """A kB field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -168,11 +170,11 @@ def peak_memory_mb(fn: Callable[[], Any], device: str) -> tuple[float | None, fl
         return peak / 2 ** 20, sec
     _trim(collect=True)
     ok = _reset_hwm()
-    base = _proc_status_kb("VmRSS")
+    base = proc_status_kb("VmRSS")
     t0 = time.perf_counter()
     out = fn()
     sec = time.perf_counter() - t0
-    peak = _proc_status_kb("VmHWM")
+    peak = proc_status_kb("VmHWM")
     del out
     _trim()
     if not ok or base is None or peak is None:

@@ -13,7 +13,7 @@ import torch
 
 from .runner import run_worker
 from .tables import _fmt, _stamp
-from .timing import _proc_status_kb, _reset_hwm, _trim, machine_info
+from .timing import proc_status_kb, _reset_hwm, _trim, machine_info
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -43,13 +43,13 @@ def _trainer_worker(spec: dict) -> dict:
     data = load_demo("train")
     _trim()
     hwm_ok = _reset_hwm()
-    base = _proc_status_kb("VmRSS")
+    base = proc_status_kb("VmRSS")
     t0 = time.perf_counter()
     res = unlearn(model, [spec["concept"]], data, steps=spec["steps"], retain_batch_size=spec["retain"],
                   forget_batch_size=spec["forget"], micro_batch_size=spec.get("micro"),
                   backend=spec["backend"], eval=False, progress=False, log=lambda msg: None)
     wall = time.perf_counter() - t0
-    peak = _proc_status_kb("VmHWM") if hwm_ok else None
+    peak = proc_status_kb("VmHWM") if hwm_ok else None
     times = [h["time_s"] for h in res.history]
     timed = times[1:] if len(times) > 1 else times  # the first step warms up
     dev = torch.device("cpu")
