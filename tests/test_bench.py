@@ -83,6 +83,16 @@ def test_open_clip_peer_matches_the_reference():
     assert runner._error(case, built, inputs) < 1e-6
 
 
+def test_native_op_rows_run_where_native_is_usable():
+    from hypkern.kernels import registry
+    ok, why = registry.available("native", "cpu")
+    if not ok:
+        pytest.skip(f"native backend not usable here: {why}")
+    rows = runner.run_group("op", "dist", "native", [(8, 8, 4)], "float32", "cpu", runner.TIMING["quick"])
+    assert [r["status"] for r in rows] == ["ok"] * 3, rows[0]["status"]
+    assert rows[0]["err"] < 1e-5
+
+
 def test_unavailable_backend_is_skipped_not_faked():
     rows = runner.run_group("op", "dist", "triton", [(8, 8, 4)], "float32", "cpu",
                             runner.TIMING["quick"])

@@ -24,8 +24,8 @@ class Built:
 
 
 def _kernel_backend_ok(name: str, device: str) -> tuple[bool, str]:
-    from hypkern.lorentz import ops
-    return ops._supports(name, torch.device(device))
+    from hypkern.kernels import registry
+    return registry.available(name, torch.device(device).type)
 
 
 def _geoopt_ambient(x: torch.Tensor) -> torch.Tensor:
