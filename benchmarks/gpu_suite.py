@@ -238,7 +238,7 @@ def render_summary(ceil: dict, rows: list[dict], steps: str = "") -> str:
              f"(read + write, {ceil.get('copy_bytes', 0) >> 20} MiB fp32); "
              + ", ".join(f"{k[7:-7]} matmul **{v:.0f} TFLOP/s** (n = {ceil.get(k[:-7] + '_n')})"
                          for k, v in ceil.items() if k.startswith("matmul_") and k.endswith("_tflops")) + ".", "",
-             "Element-wise ops: achieved GB/s (bytes model of `hypkern/bench.py`: inputs read once, outputs "
+             "Element-wise ops: achieved GB/s (bytes model of `benchmarks/harness`: inputs read once, outputs "
              "written once) as a share of the copy rate, target >= 85 % for the Triton and native kernels. "
              "Matmul-shaped kernels: model TFLOP/s (2NMD per forward, twice that backward) as a share of the "
              "matmul rate in the same dtype. Fused contrastive: shown on two FLOP counts — the model's "

@@ -136,7 +136,7 @@ def markdown_table(result: dict, title: str = "Kernel benchmarks") -> str:
                              for k, v in ceil.items() if k.startswith("matmul_") and k.endswith("_tflops"))
                  + ".")
     lines += ["", "Times are medians in ms; `speedup` = eager reference time / this time (same pass);",
-              "GB/s and GFLOP/s follow the cost model in `hypkern/bench.py` (fwd+bwd pass); `%copy` ",
+              "GB/s and GFLOP/s follow the cost model in `benchmarks/harness` (fwd+bwd pass); `%copy` ",
               "is that GB/s as a share of the measured copy rate, `%mm` the GFLOP/s as a share of the ",
               "measured matmul rate; `peak MiB` is the fwd+bwd call's peak memory above its inputs, ",
               "`mem/ref` its ratio to the reference's; `err` = max |out - ref64| / max(1, |ref64|).", ""]
