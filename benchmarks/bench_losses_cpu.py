@@ -1,9 +1,10 @@
 """Benchmark: fused (chunked) Lorentz contrastive loss vs the materialised reference.
 
 CPU (default): forward + backward at B = 8192, D = 512 (and smaller B for the memory slope),
-each configuration in a fresh subprocess. Peak memory is the process's RSS high-water mark
-(``ru_maxrss``) minus the RSS measured just before the first loss call (inputs already
-allocated), so it counts everything the loss and its backward allocate, and nothing else.
+each configuration in a fresh subprocess (``benchmarks.harness.runner.run_worker``). Peak memory
+is the process's RSS high-water mark (``VmHWM``) minus the RSS measured just before the first
+loss call (inputs already allocated), so it counts everything the loss and its backward
+allocate, and nothing else.
 Time is the median of ``--repeats`` runs after one warm-up. The largest B that fits in
 8 GiB is extrapolated from the measured peaks: the reference's peak grows as B^2 (fitted
 ``a B^2 + b B`` on the two largest sizes), the fused one as B (fitted ``a B + b``); the
@@ -17,31 +18,25 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
-import json
+import functools
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # for benchmarks.harness; appended, so an installed hypkern still comes first
+    sys.path.append(ROOT)
+
+from benchmarks.harness.runner import run_worker, worker_env  # noqa: E402
+from benchmarks.harness.timing import cpu_model, proc_status_kb, time_callable  # noqa: E402
+
 GIB = 1024 ** 3
 
 
 # ----------------------------------------------------------------------------- one configuration (child)
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _maxrss_bytes() -> int:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
 
 def run_child(backend: str, b: int, d: int, repeats: int, threads: int) -> dict:
     import torch
@@ -65,7 +60,7 @@ def run_child(backend: str, b: int, d: int, repeats: int, threads: int) -> dict:
     # Page in the code paths (BLAS, thread pools) on a tiny batch first: library code is not
     # the loss's memory. Then the baseline is taken with the inputs allocated.
     step(image[:64].detach().clone().requires_grad_(True), text[:64].detach().clone().requires_grad_(True))
-    base = _rss_bytes()
+    base = proc_status_kb("VmRSS") * 1024
     times, cpu_times = [], []
     value = None
     for i in range(repeats + 1):
@@ -74,16 +69,22 @@ def run_child(backend: str, b: int, d: int, repeats: int, threads: int) -> dict:
         if i:
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
-    peak = _maxrss_bytes() - base
+    peak = proc_status_kb("VmHWM") * 1024 - base
     return dict(backend=backend, B=b, D=d, seconds=statistics.median(times),
                 cpu_seconds=statistics.median(cpu_times), peak_bytes=peak, loss=value, threads=threads)
 
 
+def _child(spec: dict) -> dict:
+    return run_child(**spec)
+
+
 def _spawn(backend, b, d, repeats, threads) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", backend, str(b), str(d), str(repeats), str(threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    spec = dict(backend=backend, b=b, d=d, repeats=repeats, threads=threads)
+    res, failed = run_worker("benchmarks.bench_losses_cpu:_child", spec, capture_stderr=True,
+                             env=worker_env({"OMP_NUM_THREADS": str(threads)}))
+    if failed:
+        raise RuntimeError(f"{backend} B={b} D={d}: {failed}")
+    return res
 
 
 # ----------------------------------------------------------------------------- CPU report
@@ -130,12 +131,7 @@ def bench_cpu(args) -> None:
         w = csv.DictWriter(f, fieldnames=["backend", "B", "D", "seconds", "cpu_seconds", "peak_bytes", "loss", "threads"])
         w.writeheader()
         w.writerows(results)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except Exception:
-        pass
+    cpu = cpu_model()
     b = args.batch
     lines = [
         "# Fused Lorentz contrastive loss vs materialised reference (CPU, forward + backward)",
@@ -198,16 +194,10 @@ def bench_gpu(sizes=(8192, 65536, 262144, 1048576), d: int = 512, dtype: str = "
     dev = torch.device("cuda")
     dt = getattr(torch, dtype)
 
-    def timed(fn):
-        fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
+    def timed(fn):  # seconds: median of ``repeats`` calls after one warm-up, CUDA events
+        t = time_callable(fn, "cuda", warmup=1, min_reps=repeats, max_reps=repeats, min_time=0,
+                          warmup_time=0, slow_s=float("inf"))
+        return t["median_ms"] / 1e3
 
     a = torch.randn(8192, d, device=dev, dtype=dt)
     bt = torch.randn(d, 8192, device=dev, dtype=dt)
@@ -223,7 +213,7 @@ def bench_gpu(sizes=(8192, 65536, 262144, 1048576), d: int = 512, dtype: str = "
             s = torch.tensor(10.0, device=dev, requires_grad=True)
             c = torch.tensor(1.0, device=dev, requires_grad=True)
 
-            def step():
+            def step(image, text, s, c):
                 loss = L.lorentz_contrastive_loss(image, text, s, c, backend=backend)
                 loss.backward()
                 image.grad = text.grad = s.grad = c.grad = None
@@ -232,7 +222,8 @@ def bench_gpu(sizes=(8192, 65536, 262144, 1048576), d: int = 512, dtype: str = "
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             try:
-                sec = timed(step)
+                # inputs bound, not closed over: the ``del`` below frees them before the next size
+                sec = timed(functools.partial(step, image, text, s, c))
             except torch.cuda.OutOfMemoryError:
                 rows.append(dict(backend=backend, B=b, D=d, dtype=dtype, seconds=float("nan"), peak_bytes=-1,
                                  tflops=float("nan"), share_of_mm=float("nan")))
@@ -259,10 +250,6 @@ def bench_gpu(sizes=(8192, 65536, 262144, 1048576), d: int = 512, dtype: str = "
 def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] == "--child":
-        backend, b, d, repeats, threads = argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5])
-        print(json.dumps(run_child(backend, b, d, repeats, threads)))
-        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--batch", type=int, default=8192, help="the headline B (CPU)")

@@ -14,7 +14,6 @@ import argparse
 import csv
 import datetime as dt
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: import the pac
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hypkern  # noqa: E402
+from benchmarks.harness.timing import cpu_model  # noqa: E402
 from hypkern.kernels import native  # noqa: E402
 from hypkern.lorentz import reference as R  # noqa: E402
 
@@ -93,15 +93,7 @@ def _callables(op: str, xs, curv: float):
 
 
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
             f"({torch.backends.cpu.get_cpu_capability()}), threads={torch.get_num_threads()}")
 
 

@@ -18,6 +18,7 @@ in bf16 >= 45 % of the bf16 matmul rate at B = 65536; B = 1,048,576 fits on one 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -27,6 +28,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # for benchmarks.harness; appended, so an installed hypkern still comes first
+    sys.path.append(ROOT)
+
+from benchmarks.harness import runner, tables, timing  # noqa: E402
 
 ROWWISE_OPS = ("dist", "exp_map0", "log_map0", "half_aperture", "oxy_angle")
 PAIRWISE_OPS = ("pairwise_inner", "pairwise_dist")
@@ -42,11 +47,6 @@ COPY_TARGET = 0.85
 MATMUL_TARGET = 0.45
 LOSS_SIZES = (65536, 1048576)
 D = 512
-
-
-def _bench():
-    import hypkern.bench as bench
-    return bench
 
 
 def _load_losses_bench():
@@ -91,21 +91,19 @@ def step_check(out: str) -> int:
 
 
 def step_ceilings(out: str) -> int:
-    bench = _bench()
-    c = bench.ceilings("cuda")
-    c["machine"] = bench.machine_info("cuda")
+    c = timing.ceilings("cuda")
+    c["machine"] = timing.machine_info("cuda")
     print(json.dumps(c, indent=1, default=str))
     _write_json(os.path.join(out, "ceilings.json"), c)
     return 0
 
 
 def step_ops(out: str, dtype: str, deadline: float) -> int:
-    bench = _bench()
     t0 = time.time()
-    res = bench.run_benchmarks("gpu", "cuda", dtype, impls=GPU_IMPLS, isolate=False, sizes=GPU_SIZES,
+    res = runner.run_benchmarks("gpu", "cuda", dtype, impls=GPU_IMPLS, isolate=False, sizes=GPU_SIZES,
                                log=lambda m: print(m, flush=True), deadline_s=deadline)
     short = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(dtype, dtype)
-    paths = bench.write_results(res, out, f"ops_gpu_{short}", f"hypkern GPU benchmarks ({dtype})")
+    paths = tables.write_results(res, out, f"ops_gpu_{short}", f"hypkern GPU benchmarks ({dtype})")
     print(f"wrote {', '.join(paths.values())} in {time.time() - t0:.0f} s")
     return 0
 
@@ -115,7 +113,6 @@ def _own_contrastive(sizes, dtype="bfloat16", repeats=2):
     Lorentz loss fwd+bwd, timed the same way (median of ``repeats`` after one warm-up)."""
     import torch
     import hypkern.losses as L
-    bench = _bench()
     rows = []
     for b in sizes:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -125,7 +122,7 @@ def _own_contrastive(sizes, dtype="bfloat16", repeats=2):
         s = torch.tensor(10.0, device="cuda", requires_grad=True)
         c = torch.tensor(1.0, device="cuda", requires_grad=True)
 
-        def step():
+        def step(image, text, s, c):
             L.lorentz_contrastive_loss(image, text, s, c, backend="triton").backward()
             image.grad = text.grad = s.grad = c.grad = None
 
@@ -133,8 +130,9 @@ def _own_contrastive(sizes, dtype="bfloat16", repeats=2):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         try:
-            t = bench.time_callable(step, "cuda", warmup=1, min_reps=repeats, max_reps=repeats, min_time=0,
-                                    warmup_time=0)
+            # inputs bound, not closed over: the ``del`` below frees them before the next size
+            t = timing.time_callable(functools.partial(step, image, text, s, c), "cuda", warmup=1,
+                                     min_reps=repeats, max_reps=repeats, min_time=0, warmup_time=0)
             sec = t["median_ms"] / 1e3
             rows.append(dict(backend="triton", B=b, D=D, dtype=dtype, seconds=sec,
                              peak_bytes=torch.cuda.max_memory_allocated() - base))
@@ -240,7 +238,7 @@ def render_summary(ceil: dict, rows: list[dict], steps: str = "") -> str:
              f"(read + write, {ceil.get('copy_bytes', 0) >> 20} MiB fp32); "
              + ", ".join(f"{k[7:-7]} matmul **{v:.0f} TFLOP/s** (n = {ceil.get(k[:-7] + '_n')})"
                          for k, v in ceil.items() if k.startswith("matmul_") and k.endswith("_tflops")) + ".", "",
-             "Element-wise ops: achieved GB/s (bytes model of `hypkern/bench.py`: inputs read once, outputs "
+             "Element-wise ops: achieved GB/s (bytes model of `benchmarks/harness`: inputs read once, outputs "
              "written once) as a share of the copy rate, target >= 85 % for the Triton and native kernels. "
              "Matmul-shaped kernels: model TFLOP/s (2NMD per forward, twice that backward) as a share of the "
              "matmul rate in the same dtype. Fused contrastive: shown on two FLOP counts — the model's "
@@ -281,8 +279,7 @@ def step_dry_run(out: str) -> int:
     """Everything but the GPU: imports, the plan, the losses engineer's entry point, and the
     report rendered from made-up numbers (marked as such)."""
     import inspect
-    bench = _bench()
-    groups = bench.plan("gpu", "cuda", impls=GPU_IMPLS, sizes=GPU_SIZES)
+    groups = runner.plan("gpu", "cuda", impls=GPU_IMPLS, sizes=GPU_SIZES)
     print(f"plan: {len(groups)} groups on cuda, e.g. {groups[0][:3]} ... {groups[-1][:3]}")
     assert all(g[2] != "compile" for g in groups)
     mod = _load_losses_bench()

@@ -22,11 +22,10 @@ def main(argv=None) -> int:
     out = argv[1] if len(argv) > 1 else os.path.splitext(src)[0] + ".png"
     with open(src) as f:
         result = json.load(f)
-    try:
-        from hypkern.bench import plot
-    except ImportError:  # run from a checkout without installing
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from hypkern.bench import plot
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:  # run as a script: the harness is benchmarks.harness of this checkout
+        sys.path.insert(0, root)
+    from benchmarks.harness.tables import plot
     if not plot(result, out):
         print("nothing to plot (no successful fwd+bwd rows, or matplotlib missing)", file=sys.stderr)
         return 1

@@ -3,8 +3,9 @@
 
     python benchmarks/run_all.py [--quick] [--threads N] [--skip-others]
 
-1. `hypkern bench ops` -> ops_cpu.{md,csv,json,png} (every op and loss, every backend, peers)
-2. `hypkern bench trainer` -> trainer_cpu.{md,csv,json}
+1. `python -m benchmarks.harness.cli ops` (= `hypkern bench ops`) -> ops_cpu.{md,csv,json,png}
+   (every op and loss, every backend, peers)
+2. `python -m benchmarks.harness.cli trainer` -> trainer_cpu.{md,csv,json}
 3. unless --skip-others: the kernel owners' own scripts, benchmarks/bench_native_cpu.py
    (native_cpu.*) and benchmarks/bench_losses_cpu.py (losses_cpu.*), with their defaults.
 
@@ -40,7 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     a = p.parse_args(argv)
     print(f"load average before: {os.getloadavg()}")
-    base = [sys.executable, "-m", "hypkern.cli", "bench", "--device", "cpu", "--out", a.out]
+    # the harness of this checkout, directly (what `hypkern bench` would find and run)
+    base = [sys.executable, "-m", "benchmarks.harness.cli", "--device", "cpu", "--out", a.out]
     extra = (["--quick"] if a.quick else []) + (["--threads", str(a.threads)] if a.threads else [])
     rcs = [_run(base + ["ops"] + extra), _run(base + ["trainer"] + extra)]
     if not a.skip_others and not a.quick:
