@@ -16,6 +16,7 @@
 #   ops       every op and loss, every backend + peers, bf16  -> ops_gpu_bf16.{md,csv,json,png}
 #   losses    fused contrastive fwd+bwd, bf16, B = 65536 and 1,048,576   -> losses_gpu.json
 #   report    one table: each kernel's share of its ceiling  -> gpu_summary.md (printed)
+#   ranks     (2+ GPUs) trainer rank scaling, W ranks vs 1 rank on B/W -> trainer_ranks_cuda.md
 #   ops_fp32  the ops again in fp32, only if time is left    -> ops_gpu_fp32.*
 set -uo pipefail
 
@@ -109,6 +110,13 @@ step ceilings 20 "$PY" "$SUITE_PY" ceilings "$OUT" || true
 step ops 90 "$PY" "$SUITE_PY" ops "$OUT" --dtype bfloat16 --deadline 60 || true
 step losses 90 "$PY" "$SUITE_PY" losses "$OUT" --repeats 2 || true
 step report 10 "$PY" "$SUITE_PY" report "$OUT" || true
+# rank scaling of the unlearning trainer (multi-GPU machines only): W ranks on the global
+# batch vs one rank on B/W, rows per rank's contrastive kernel -> trainer_ranks_cuda.md
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$NGPU" -ge 2 ]; then
+    step ranks 90 env PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$REPO/benchmarks/compare_trainer.py" \
+        --ranks-only "$NGPU" --device cuda --steps 6 --retain $((64 * NGPU)) --forget $((32 * NGPU)) --out "$OUT" || true
+fi
 if [ $(( DEADLINE - $(date +%s) )) -gt 60 ]; then
     step ops_fp32 45 "$PY" "$SUITE_PY" ops "$OUT" --dtype float32 --deadline 30 || true
     "$PY" "$SUITE_PY" report "$OUT" > "$OUT/report_final.log" 2>&1 || true

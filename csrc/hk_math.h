@@ -60,8 +60,9 @@ HK_INLINE double hk_asin(double v) { return asin(v); }
 HK_INLINE float hk_acos(float v) { return acosf(v); }
 HK_INLINE double hk_acos(double v) { return acos(v); }
 
-template <typename T> HK_INLINE T hk_max(T u, T v) { return u > v ? u : v; }
-template <typename T> HK_INLINE T hk_min(T u, T v) { return u < v ? u : v; }
+// max/min that propagate a NaN in their first argument (the value being clipped): NaN in, NaN out.
+template <typename T> HK_INLINE T hk_max(T u, T v) { return u < v ? v : u; }
+template <typename T> HK_INLINE T hk_min(T u, T v) { return u > v ? v : u; }
 
 // ---------------------------------------------------------------------------- log1p, w >= 0
 // log(1 + w) for w >= 0 from plain arithmetic and bit operations, so that the compiler can
@@ -141,7 +142,7 @@ template <typename T> HK_INLINE T time_excess(T a, T xt, T isc) { return a / (xt
 // |x| from a = |x|^2 as the reference's _norm: 0 at a = 0, sqrt(max(a, tiny)) otherwise;
 // its gradient passes only where a >= tiny.
 template <typename T> HK_INLINE T safe_norm(T a) {
-  return a > T(0) ? hk_sqrt(hk_max(a, Lim<T>::tiny())) : T(0);
+  return a == T(0) ? T(0) : hk_sqrt(hk_max(a, Lim<T>::tiny()));  // NaN: computed
 }
 
 // ---------------------------------------------------------------------------- pairwise
@@ -200,7 +201,7 @@ template <typename T> HK_INLINE T dist_fwd(T a, T b, T e, T f, T c) {
   const T xt = time_comp(a, c), yt = time_comp(b, c);
   const T k = f / (xt + yt);
   const T q = hk_max(e - k * k, T(0));
-  const T w = q > T(0) ? hk_sqrt(hk_max(q, Lim<T>::tiny())) : T(0);  // exactly 0 at x = y
+  const T w = q == T(0) ? T(0) : hk_sqrt(hk_max(q, Lim<T>::tiny()));  // exactly 0 at x = y; NaN: computed
   return T(2) * hk_asinh(T(0.5) * sc * w) / sc;
 }
 
@@ -302,13 +303,13 @@ template <typename T> HK_INLINE void half_aperture_bwd(T g, T a, T c, T K, T& cx
   const T n_min = T(2) * K / (sc * limit);
   const T nrm = safe_norm(a);
   const T arg = T(2) * K / (sc * hk_max(nrm, n_min));
-  if (!(nrm > n_min) || !(arg <= limit)) {  // clipped: the value does not move
+  if (nrm <= n_min || arg > limit) {  // clipped: the value does not move (NaN: computed)
     cx = T(0);
     dc = T(0);
     return;
   }
   const T gd = g / hk_sqrt((T(1) - arg) * (T(1) + arg));
-  cx = a >= Lim<T>::tiny() ? -gd * arg / (nrm * nrm) : T(0);
+  cx = a < Lim<T>::tiny() ? T(0) : -gd * arg / (nrm * nrm);  // NaN: computed
   dc = -gd * arg / (T(2) * c);
 }
 
@@ -327,7 +328,7 @@ template <typename T> HK_INLINE T oxy_angle_fwd(T a, T b, T e, T f, T c) {
   const T den_raw = safe_norm(a) * rho;
   const T denom = hk_max(den_raw, T(ANGLE_DENOM_EPS));
   // undefined (x = 0 or x = y): pi/2 with zero gradient (the rule at coincident points)
-  const T ratio = den_raw >= T(ANGLE_DENOM_EPS) ? numer / denom : T(0);
+  const T ratio = den_raw < T(ANGLE_DENOM_EPS) ? T(0) : numer / denom;  // NaN: computed
   const T arg = hk_min(hk_max(ratio, T(-1) + T(ASIN_EPS)), T(1) - T(ASIN_EPS));
   return hk_acos(arg);
 }

@@ -19,7 +19,7 @@ import os
 import torch
 
 __all__ = [
-    "FLOAT_DTYPES", "compute_dtype", "is_tracing", "value_checks", "value_checks_enabled",
+    "FLOAT_DTYPES", "compute_dtype", "upcast", "saturate_half", "is_tracing", "value_checks", "value_checks_enabled",
     "check_matrix", "check_pair", "positive_scalar", "check_min_radius", "check_targets",
     "check_weights",
 ]
@@ -32,6 +32,44 @@ _VALUE_CHECKS = [os.environ.get("HYPKERN_VALUE_CHECKS", "1").strip().lower() not
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 for float64 inputs, else float32 (half precision computes in float32)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def saturate_half(g: torch.Tensor) -> torch.Tensor:
+    """A half-precision gradient with overflow (``±inf``) saturated to the dtype's largest
+    finite value; NaN stays NaN. Other dtypes unchanged."""
+    if g.dtype not in HALF_DTYPES:
+        return g
+    fmax = torch.finfo(g.dtype).max
+    return g.clamp(-fmax, fmax)
+
+
+class _SaturatingUpcast(torch.autograd.Function):
+    """``t.to(dtype)`` whose backward saturates the gradient into ``t``'s (half) dtype."""
+
+    @staticmethod
+    def forward(ctx, t, dtype):
+        ctx.in_dtype = t.dtype
+        return t.to(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        fmax = torch.finfo(ctx.in_dtype).max
+        return g.clamp(-fmax, fmax).to(ctx.in_dtype), None
+
+
+def upcast(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` in ``dtype`` (default its compute dtype). The half-precision contract: fp16/bf16
+    inputs compute in float32, and a gradient flowing back into a half input that exceeds its
+    range is saturated to the largest finite value instead of overflowing to ``inf``."""
+    dtype = dtype or compute_dtype(t.dtype)
+    if t.dtype == dtype:
+        return t
+    if t.dtype in HALF_DTYPES and t.requires_grad and torch.is_grad_enabled():
+        return _SaturatingUpcast.apply(t, dtype)
+    return t.to(dtype)
 
 
 def is_tracing() -> bool:
@@ -94,7 +132,7 @@ def positive_scalar(name: str, value, like: torch.Tensor) -> torch.Tensor:
             v = float(value.detach())
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {v}")
-        return value.reshape(()).to(dtype)
+        return upcast(value.reshape(()), dtype)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a 0-dim tensor, got {type(value).__name__}")
     if not (math.isfinite(value) and value > 0):

@@ -322,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> entailment_fwd_bwd(
         f += dv * (xv + yv);
       }
       const T val = sg * (hk::oxy_angle_fwd(a, b, e, f, c) - hk::half_aperture_fwd(a, c, K)) + mg;
-      lp[i] = val > T(0) ? val : T(0);
+      lp[i] = hk::hk_max(val, T(0));  // relu; NaN in, NaN out
       if (!need_grad) return;
       const T act = val > T(0) ? sg : T(0);
       T cdiff, cx, cy, dc, hx, hc;

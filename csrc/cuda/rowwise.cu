@@ -157,7 +157,7 @@ __global__ void entailment_kernel(const S* __restrict__ x, const S* __restrict__
   f = warp_sum(f);
   const T c = *curv;
   const T val = sg * (hk::oxy_angle_fwd(a, b, e, f, c) - hk::half_aperture_fwd(a, c, K)) + mg;
-  if (lane == 0) loss[row] = val > T(0) ? val : T(0);
+  if (lane == 0) loss[row] = hk::hk_max(val, T(0));  // relu; NaN in, NaN out
   if (gx == nullptr) return;
   const T act = val > T(0) ? sg : T(0);
   T cdiff, cx, cy, dc, hx, hc;

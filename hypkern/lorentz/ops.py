@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_matrix, check_min_radius, check_pair, compute_dtype, positive_scalar
+from ..checks import check_matrix, check_min_radius, check_pair, compute_dtype, positive_scalar, saturate_half
 from ..kernels import registry
 from . import reference
 
@@ -91,7 +91,8 @@ def _define(name: str, arg_names: tuple[str, ...], has_radius: bool, out_shape):
     def backward(ctx, grad):
         saved = ctx.saved_tensors
         grads = op_bwd(grad, *saved, *ctx.extras)
-        return tuple(grads) + (None,) * (len(ctx.extras))
+        # the half-precision contract: overflow saturates to the largest finite value
+        return tuple(saturate_half(g) for g in grads) + (None,) * (len(ctx.extras))
 
     op.register_autograd(backward, setup_context=setup_context)
     return op

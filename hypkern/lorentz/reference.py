@@ -25,6 +25,15 @@ Clipping constants (shared by every backend, see ``hypkern/lorentz/constants.py`
 Coincident points: ``pairwise_dist``/``dist`` are 0 at ``x = y`` with gradient 0 (the
 distance's subgradient at its minimum); ``oxy_angle(x, x)`` is ``pi/2`` with gradient 0.
 Elsewhere no gradient exceeds what the clips above imply.
+
+NaN: a NaN in an input row gives NaN in every output that depends on it (every clip and
+branch is written so that NaN takes the computing branch), on every backend.
+
+Half precision: fp16/bf16 inputs compute in float32 (``hypkern.checks.upcast``); outputs
+are returned in the input dtype and are ``inf`` only where the float64 value itself exceeds
+the dtype's range; gradients flowing back into half inputs (and a half curvature) that
+exceed the range are **saturated** to the largest finite value (``±65504`` in fp16), never
+``inf``.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ import math
 
 import torch
 
+from ..checks import upcast
 from .constants import ANGLE_DENOM_EPS, ASIN_EPS, EXP_MAP_MAX, SMALL_R
 
 __all__ = [
@@ -52,14 +62,15 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 def _curv(curv, like: torch.Tensor) -> torch.Tensor:
     if isinstance(curv, torch.Tensor):
-        return curv.to(device=like.device, dtype=like.dtype)
+        return upcast(curv.to(device=like.device), like.dtype)
     return torch.tensor(float(curv), device=like.device, dtype=like.dtype)
 
 
 def _safe_sqrt(q: torch.Tensor) -> torch.Tensor:
     """sqrt(q) for q >= 0, exactly 0 at 0, with gradient 0 (not inf/NaN) there."""
     tiny = torch.finfo(q.dtype).tiny
-    return torch.where(q > 0, torch.sqrt(torch.clamp(q, min=tiny)), torch.zeros_like(q))
+    # written so that NaN takes the sqrt branch: NaN in, NaN out
+    return torch.where(q == 0, torch.zeros_like(q), torch.sqrt(torch.where(q < tiny, tiny, q)))
 
 
 def time_component(x: torch.Tensor, curv) -> torch.Tensor:
@@ -71,7 +82,7 @@ def time_component(x: torch.Tensor, curv) -> torch.Tensor:
 def pairwise_inner(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     """<x_i, y_j>_L = x_i . y_j - x_t,i y_t,j for (N, D) x (M, D) -> (N, M)."""
     out_dtype = x.dtype
-    x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
+    x, y = upcast(x), upcast(y, _compute_dtype(x))
     c = _curv(curv, x)
     xt, yt = time_component(x, c), time_component(y, c)
     return (x @ y.T - xt[:, None] * yt[None, :]).to(out_dtype)
@@ -113,7 +124,7 @@ def pairwise_dist(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     (coincident points).
     """
     out_dtype = x.dtype
-    x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
+    x, y = upcast(x), upcast(y, _compute_dtype(x))
     c = _curv(curv, x)
     return (_acosh_1p(pairwise_u(x, y, c)) / torch.sqrt(c)).to(out_dtype)
 
@@ -138,7 +149,7 @@ def dist(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     (clipped at 0), and ``d = 2 asinh(sqrt(c) |x-y|_L / 2) / sqrt(c)``.
     """
     out_dtype = x.dtype
-    x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
+    x, y = upcast(x), upcast(y, _compute_dtype(x))
     c = _curv(curv, x)
     _, _, q = _half_sq_lorentz_gap(x, y, c)
     sc = torch.sqrt(c)
@@ -177,7 +188,7 @@ def exp_map0(v: torch.Tensor, curv) -> torch.Tensor:
     huge tangent vectors map to points of space norm ``2^15/sqrt(c)``; ``v = 0`` maps to 0.
     """
     out_dtype = v.dtype
-    v = v.to(_compute_dtype(v))
+    v = upcast(v)
     c = _curv(curv, v)
     r = torch.sqrt(c) * _norm(v)
     return (_sinhc(r)[..., None] * v).to(out_dtype)
@@ -190,7 +201,7 @@ def log_map0(x: torch.Tensor, curv) -> torch.Tensor:
     near the origin; ``x = 0`` maps to 0.
     """
     out_dtype = x.dtype
-    x = x.to(_compute_dtype(x))
+    x = upcast(x)
     c = _curv(curv, x)
     r = torch.sqrt(c) * _norm(x)
     return (_asinhc(r)[..., None] * x).to(out_dtype)
@@ -203,13 +214,15 @@ def half_aperture(x: torch.Tensor, curv, min_radius: float = 0.1) -> torch.Tenso
     ``x = 0`` included, get the widest cone ``asin(1 - ASIN_EPS) ~ pi/2``, with gradient 0).
     """
     out_dtype = x.dtype
-    x = x.to(_compute_dtype(x))
+    x = upcast(x)
     c = _curv(curv, x)
     limit = 1.0 - ASIN_EPS
     # |x| below 2K / (sqrt(c) (1 - eps)) is clipped before dividing, so nothing is infinite.
     n_min = 2.0 * min_radius / (torch.sqrt(c) * limit)
-    n = torch.maximum(_norm(x), n_min)
-    arg = torch.clamp(2.0 * min_radius / (torch.sqrt(c) * n), max=limit)
+    nrm = _norm(x)
+    n = torch.where(nrm < n_min, n_min, nrm)  # where(), not clamp: a NaN row keeps its gradient
+    arg = 2.0 * min_radius / (torch.sqrt(c) * n)
+    arg = torch.where(arg > limit, torch.full_like(arg, limit), arg)
     return torch.asin(arg).to(out_dtype)
 
 
@@ -224,7 +237,7 @@ def oxy_angle(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     is ``pi/2`` with zero gradient.
     """
     out_dtype = x.dtype
-    x, y = x.to(_compute_dtype(x)), y.to(_compute_dtype(x))
+    x, y = upcast(x), upcast(y, _compute_dtype(x))
     c = _curv(curv, x)
     xt, gap, q = _half_sq_lorentz_gap(x, y, c)
     u = 0.5 * c * q  # z - 1 without the cancellation of c (x_t y_t - x.y) - 1
@@ -232,7 +245,7 @@ def oxy_angle(x: torch.Tensor, y: torch.Tensor, curv) -> torch.Tensor:
     den_raw = _norm(x) * _safe_sqrt(u * (u + 2.0))
     denom = torch.clamp(den_raw, min=ANGLE_DENOM_EPS)
     # undefined (x = 0 or x = y): pi/2 with zero gradient, not the clip's artefact
-    ratio = torch.where(den_raw >= ANGLE_DENOM_EPS, numer / denom, torch.zeros_like(numer))
+    ratio = torch.where(den_raw < ANGLE_DENOM_EPS, torch.zeros_like(numer), numer / denom)  # NaN: computed
     arg = torch.clamp(ratio, min=-1.0 + ASIN_EPS, max=1.0 - ASIN_EPS)
     return torch.acos(arg).to(out_dtype)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..checks import compute_dtype
+from ..checks import compute_dtype, saturate_half, upcast
 from ..kernels import registry
 
 __all__ = ["contrastive_stats", "entailment_rows", "lorentz_operands", "cosine_operands"]
@@ -76,7 +76,7 @@ def _stats_backward(ctx, g_row, g_col, g_pos):
     g_pos = torch.zeros_like(row_lse) if g_pos is None else g_pos
     dx, dy, dc, db = _contrastive_stats_backward_op(g_row, g_col, g_pos, x, y, c, beta, targets, row_lse,
                                                     col_lse, *ctx.extras)
-    return dx, dy, dc, db, None, None, None, None, None
+    return saturate_half(dx), saturate_half(dy), dc, db, None, None, None, None, None
 
 
 _contrastive_stats_op.register_autograd(_stats_backward, setup_context=_stats_setup)
@@ -96,15 +96,15 @@ def lorentz_operands(image, text, s, c, backend: str):
     beta = 2.0 * s / torch.sqrt(c)
     if backend == "triton":
         return image, text, beta
-    return image.to(cd), text.to(cd), beta
+    return upcast(image, cd), upcast(text, cd), beta
 
 
 def cosine_operands(image, text, backend: str):
     """``(x, y)`` unit rows for ``kind="cosine"`` (the normalisation's gradient included);
     Triton gets half-precision unit vectors for half inputs (tensor cores, fp32 accumulation)."""
     cd = compute_dtype(image.dtype)
-    x = F.normalize(image.to(cd), dim=-1)
-    y = F.normalize(text.to(cd), dim=-1)
+    x = F.normalize(upcast(image, cd), dim=-1)
+    y = F.normalize(upcast(text, cd), dim=-1)
     if backend == "triton" and image.dtype in (torch.float16, torch.bfloat16):
         x, y = x.to(image.dtype), y.to(image.dtype)
     return x, y
@@ -147,7 +147,7 @@ def _entail_setup(ctx, inputs, output):
 def _entail_backward(ctx, grad):
     text, image, curv = ctx.saved_tensors
     gx, gy, gc = _entailment_rows_backward_op(grad, text, image, curv, *ctx.extras)
-    return gx, gy, gc, None, None, None, None
+    return saturate_half(gx), saturate_half(gy), gc, None, None, None, None
 
 
 _entailment_rows_op.register_autograd(_entail_backward, setup_context=_entail_setup)

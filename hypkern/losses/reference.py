@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..checks import upcast
 from ..lorentz.reference import half_aperture, oxy_angle, pairwise_dist
 
 __all__ = ["entailment_rows", "entailment_loss", "lorentz_contrastive_loss", "clip_contrastive_loss",
@@ -19,7 +20,7 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 def _scalar(value, like: torch.Tensor) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
-        return value.to(device=like.device, dtype=like.dtype)
+        return upcast(value.to(device=like.device), like.dtype)
     return torch.tensor(float(value), device=like.device, dtype=like.dtype)
 
 
@@ -29,8 +30,9 @@ def entailment_rows(text: torch.Tensor, image: torch.Tensor, curv, min_radius: f
     float32 (float64 for float64 inputs): ``sign=+1, margin=0`` is MERU's entailment loss (the
     text's cone should contain its image), ``sign=-1`` the reversed cone (push the image out,
     ``margin`` radians beyond the boundary)."""
-    angle = oxy_angle(text, image, curv).to(_compute_dtype(text))
-    aperture = half_aperture(text, curv, min_radius).to(_compute_dtype(text))
+    text, image = upcast(text), upcast(image, _compute_dtype(text))  # half inputs: fp32 throughout
+    angle = oxy_angle(text, image, curv)
+    aperture = half_aperture(text, curv, min_radius)
     return F.relu(sign * (angle - aperture) + margin)
 
 
@@ -96,14 +98,15 @@ def clip_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale,
 def lorentz_logits(image: torch.Tensor, text: torch.Tensor, logit_scale, curv) -> torch.Tensor:
     """``-s d_L(image_i, text_j)``, (N, M), in the compute dtype."""
     cd = _compute_dtype(image)
-    s = _scalar(logit_scale, image.to(cd))
-    return -s * pairwise_dist(image.to(cd), text.to(cd), _scalar(curv, image.to(cd)))
+    image, text = upcast(image, cd), upcast(text, cd)
+    s = _scalar(logit_scale, image)
+    return -s * pairwise_dist(image, text, _scalar(curv, image))
 
 
 def clip_logits(image: torch.Tensor, text: torch.Tensor, logit_scale) -> torch.Tensor:
     """``s cos(image_i, text_j)``, (N, M), in the compute dtype (the raw features are
     L2-normalised here)."""
     cd = _compute_dtype(image)
-    image, text = image.to(cd), text.to(cd)
+    image, text = upcast(image, cd), upcast(text, cd)
     s = _scalar(logit_scale, image)
     return s * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T

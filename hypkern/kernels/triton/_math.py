@@ -63,7 +63,21 @@ __all__ = [
     "ASIN_EPS", "ASIN_HI", "ASIN_LO", "EXP_MAP_MAX", "SMALL_R", "ANGLE_DENOM_EPS", "PI", "HALF_PI",
     "log1p", "expm1", "sinh", "cosh", "asinh", "acosh", "acosh_1p", "acosh_1p_d",
     "asin", "acos", "asin_d", "sinhc", "sinhc_d", "asinhc", "asinhc_d", "tiny_like", "min_c", "max_c",
+    "maxnan", "minnan",
 ]
+
+
+@triton.jit
+def maxnan(x, y):
+    """max(x, y) that propagates a NaN in ``x`` (``tl.maximum`` on a GPU returns the other
+    operand: NaN in must be NaN out)."""
+    return tl.where(x < y, y, x)
+
+
+@triton.jit
+def minnan(x, y):
+    """min(x, y) that propagates a NaN in ``x`` (see ``maxnan``)."""
+    return tl.where(x > y, y, x)
 
 
 @triton.jit
@@ -71,13 +85,13 @@ def min_c(x, c: tl.constexpr):
     """min(x, c) for a constant c kept at x's precision (``tl.minimum`` with a scalar, like
     any non-constexpr float argument, rounds it to float32 first, which float64 kernels cannot
     afford; ``c`` must be a compile-time constant)."""
-    return tl.where(x < c, x, c)
+    return tl.where(x > c, c, x)  # NaN in x: x
 
 
 @triton.jit
 def max_c(x, c: tl.constexpr):
-    """max(x, c) for a constant c kept at x's precision (see ``min_c``)."""
-    return tl.where(x > c, x, c)
+    """max(x, c) for a constant c kept at x's precision (see ``min_c``); NaN propagates."""
+    return tl.where(x < c, c, x)
 
 
 @triton.jit
@@ -103,7 +117,7 @@ def log1p(x):
 @triton.jit
 def expm1(x):
     """exp(x) - 1, accurate for small x: for |x| <= 1/2, (u - 1) * x / log(u) with u = exp(x)."""
-    u = tl.exp(tl.minimum(tl.maximum(x, -0.5), 0.5))
+    u = tl.exp(minnan(maxnan(x, -0.5), 0.5))
     d = u - 1.0
     lu = tl.log(u)
     lu_safe = tl.where(lu == 0.0, 1.0, lu)
@@ -115,7 +129,7 @@ def expm1(x):
 def sinh(x):
     """sinh(x): (em + em / (em + 1)) / 2 with em = expm1(|x|) for |x| < 1, (e - 1/e) / 2 above."""
     ax = tl.abs(x)
-    em = expm1(tl.minimum(ax, 1.0))
+    em = expm1(minnan(ax, 1.0))
     small = 0.5 * (em + em / (em + 1.0))
     e = tl.exp(ax)
     big = 0.5 * (e - 1.0 / e)
@@ -134,10 +148,10 @@ def cosh(x):
 def asinh(x):
     """asinh(x) = sign(x) log1p(|x| + x^2 / (1 + sqrt(1 + x^2))); log(2|x|) for |x| > 1e10."""
     ax = tl.abs(x)
-    am = tl.minimum(ax, 1e10)
+    am = minnan(ax, 1e10)
     a2 = am * am
     mid = log1p(am + a2 / (1.0 + tl.sqrt(1.0 + a2)))
-    big = tl.log(tl.maximum(ax, 1e10)) + LN2
+    big = tl.log(maxnan(ax, 1e10)) + LN2
     s = tl.where(ax > 1e10, big, mid)
     return tl.where(x < 0.0, -s, s)
 
@@ -151,7 +165,7 @@ def acosh_1p(u):
 @triton.jit
 def acosh(z):
     """acosh(z) for z >= 1 (z below 1 is clipped to 1, giving 0)."""
-    return acosh_1p(tl.maximum(z - 1.0, 0.0))
+    return acosh_1p(maxnan(z - 1.0, 0.0))
 
 
 @triton.jit
@@ -209,14 +223,14 @@ def _asin_series(t):
 def _asin_reduced(ax):
     """For 0 <= ax <= 1: (t, series(t), big) with t = ax if ax <= 1/2 else sqrt((1 - ax) / 2)."""
     big = ax > 0.5
-    t = tl.where(big, tl.sqrt(tl.maximum(0.5 * (1.0 - ax), 0.0)), ax)
+    t = tl.where(big, tl.sqrt(maxnan(0.5 * (1.0 - ax), 0.0)), ax)
     return _asin_series(t), big
 
 
 @triton.jit
 def asin(x):
     """asin(x) for |x| <= 1 (clipped there): series on |x| <= 1/2, else pi/2 - 2 asin(sqrt((1-|x|)/2))."""
-    ax = tl.minimum(tl.abs(x), 1.0)
+    ax = minnan(tl.abs(x), 1.0)
     s, big = _asin_reduced(ax)
     r = tl.where(big, HALF_PI - 2.0 * s, s)
     return tl.where(x < 0.0, -r, r)
@@ -226,7 +240,7 @@ def asin(x):
 def acos(x):
     """acos(x) for |x| <= 1 (clipped there): pi/2 - asin(x) on |x| <= 1/2, 2 asin(sqrt((1-x)/2))
     for x > 1/2, pi - 2 asin(sqrt((1+x)/2)) for x < -1/2."""
-    ax = tl.minimum(tl.abs(x), 1.0)
+    ax = minnan(tl.abs(x), 1.0)
     s, big = _asin_reduced(ax)
     mid = tl.where(x < 0.0, HALF_PI + s, HALF_PI - s)
     far = tl.where(x < 0.0, PI - 2.0 * s, 2.0 * s)
@@ -265,7 +279,7 @@ def sinhc_d(r):
     p = p * z + 0.0011904761904761906
     p = p * z + 0.03333333333333333
     p = p * z + 0.3333333333333333
-    rm = min_c(tl.maximum(r, 0.5), EXP_MAP_MAX)
+    rm = min_c(maxnan(r, 0.5), EXP_MAP_MAX)
     mid = (rm * cosh(rm) - sinh(rm)) / (rm * rm * rm)
     rb = max_c(r, EXP_MAP_MAX)
     big = NEG_SINH_EXP_MAP_MAX / (rb * rb * rb)
@@ -296,6 +310,6 @@ def asinhc_d(r):
     p = p * z - 0.26785714285714285
     p = p * z + 0.3
     p = p * z - 0.3333333333333333
-    rm = tl.maximum(r, 0.1)
+    rm = maxnan(r, 0.1)
     mid = (1.0 / tl.sqrt(1.0 + rm * rm) - asinh(rm) / rm) / (rm * rm)
     return tl.where(r < 0.1, p, mid)

@@ -35,7 +35,7 @@ def _half_aperture_core(a, c, TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr):
     nrm = tl.sqrt(a)
     n_min = TWO_K_HI / sc
     inside = nrm > n_min
-    nn = tl.where(inside, nrm, n_min)
+    nn = tl.where(nrm <= n_min, n_min, nrm)  # NaN: kept (NaN in, NaN out)
     arg = M.min_c(TWO_K / (sc * nn), M.ASIN_HI)
     val = M.asin(arg)
     dval_darg = tl.where(inside, M.asin_d(arg), 0.0)
@@ -135,12 +135,12 @@ def _oxy_core(a, b, e, f, c, g, WITH_GRAD: tl.constexpr):
     nx = tl.sqrt(a)
     q = u * (u + 2.0)
     q_ok = q >= M.tiny_like(q)
-    sq = tl.sqrt(tl.maximum(q, M.tiny_like(q)))
+    sq = tl.sqrt(M.maxnan(q, M.tiny_like(q)))
     den_raw = nx * sq
     den_ok = den_raw >= M.ANGLE_DENOM_EPS
     den = M.max_c(den_raw, M.ANGLE_DENOM_EPS)
     # undefined (x = 0 or x = y): pi/2 with zero gradient (the rule at coincident points)
-    ratio = tl.where(den_ok, numer / den, 0.0)
+    ratio = tl.where(den_raw < M.ANGLE_DENOM_EPS, 0.0, numer / den)  # NaN: computed
     arg_ok = den_ok & (ratio >= M.ASIN_LO) & (ratio <= M.ASIN_HI)
     arg = M.min_c(M.max_c(ratio, M.ASIN_LO), M.ASIN_HI)
     val = M.acos(arg)
@@ -240,7 +240,7 @@ def _entail_core(a, b, e, f, c, g, TWO_K: tl.constexpr, TWO_K_HI: tl.constexpr, 
     # The angle's partials are linear in the upstream gradient: take them for 1 and scale.
     angle, u_a, u_b, u_e, u_f, u_c = _oxy_core(a, b, e, f, c, tl.full(a.shape, 1.0, a.dtype), WITH_GRAD)
     val = SIGN * (angle - aper) + MARGIN
-    loss = tl.maximum(val, 0.0)
+    loss = M.maxnan(val, 0.0)
     if WITH_GRAD:
         g_val = tl.where(val > 0.0, g * SIGN, 0.0)      # d loss / d angle = -d loss / d aperture
         g_a = g_val * u_a

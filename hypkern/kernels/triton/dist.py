@@ -66,7 +66,7 @@ def _pairwise_fwd_kernel(X, Y, A, B, CURV, OUT, N, M_, D,
         isc = 1.0 / tl.sqrt(c)
         ex = a / (xt + isc)                      # xt - 1/sqrt(c) without cancellation
         ey = b / (yt + isc)
-        u = tl.maximum(c * ((ex[:, None] + ey[None, :]) * isc + ex[:, None] * ey[None, :] - p), 0.0)
+        u = M.maxnan(c * ((ex[:, None] + ey[None, :]) * isc + ex[:, None] * ey[None, :] - p), 0.0)
         out = M.acosh_1p(u) * isc
     optr = OUT + rows.to(tl.int64)[:, None] * M_ + cols[None, :]
     tl.store(optr, out.to(OUT.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
@@ -118,7 +118,7 @@ def _pairwise_bwd_kernel(X, Y, A, B, CURV, G, DX, CPART, N, M_, D, s_gn, s_gm,
             fc = g * dl_dc
         else:
             ey = b / (yt + isc)
-            u = tl.maximum(c * ((ex[:, None] + ey[None, :]) * isc + ex[:, None] * ey[None, :] - p), 0.0)
+            u = M.maxnan(c * ((ex[:, None] + ey[None, :]) * isc + ex[:, None] * ey[None, :] - p), 0.0)
             g_u = g * M.acosh_1p_d(u) / sc           # grad * dd/du
             psi = -c * g_u                            # grad * dd/dL, u = -c L - 1
             d = M.acosh_1p(u) / sc
@@ -243,8 +243,8 @@ def _dist_fwd_kernel(X, Y, CURV, OUT, N, D, CDT: tl.constexpr, BR: tl.constexpr,
     xt = tl.sqrt(1.0 / c + a)
     yt = tl.sqrt(1.0 / c + b)
     gg = f / (xt + yt)
-    q = tl.maximum(e - gg * gg, 0.0)
-    r = tl.where(q > 0.0, tl.sqrt(tl.maximum(q, M.tiny_like(q))), 0.0)  # exactly 0 at x = y
+    q = M.maxnan(e - gg * gg, 0.0)
+    r = tl.where(q == 0.0, 0.0, tl.sqrt(M.maxnan(q, M.tiny_like(q))))  # exactly 0 at x = y; NaN: computed
     d = 2.0 * M.asinh(0.5 * sc * r) / sc
     tl.store(OUT + rows, d.to(OUT.dtype.element_ty), mask=rmask)
 
@@ -265,9 +265,9 @@ def _dist_bwd_kernel(X, Y, CURV, G, DX, DY, CPART, N, D,
     yt = tl.sqrt(inv_c + b)
     s = xt + yt
     gg = f / s
-    q = tl.maximum(e - gg * gg, 0.0)
+    q = M.maxnan(e - gg * gg, 0.0)
     ok = q >= M.tiny_like(q)
-    r = tl.sqrt(tl.maximum(q, M.tiny_like(q)))
+    r = tl.sqrt(M.maxnan(q, M.tiny_like(q)))
     w = 0.5 * sc * r
     g_r = g / tl.sqrt(1.0 + w * w)
     g_q = tl.where(ok, g_r * 0.5 / r, 0.0)

@@ -59,7 +59,7 @@ def _logits(s, pe, qe, c, beta, KIND: tl.constexpr):
     """(logits, u) of a tile; u = -c<x,y>_L - 1 >= 0 from the excesses ``pe``, ``qe`` (Lorentz)
     or S (cosine)."""
     if KIND == 0:
-        u = tl.maximum(c * ((pe[:, None] + qe[None, :]) / tl.sqrt(c) + pe[:, None] * qe[None, :] - s), 0.0)
+        u = M.maxnan(c * ((pe[:, None] + qe[None, :]) / tl.sqrt(c) + pe[:, None] * qe[None, :] - s), 0.0)
         lg = -beta * M.asinh(tl.sqrt(0.5 * u))
     else:
         u = s
@@ -90,7 +90,7 @@ def _lse_kernel(P, Q, PT, QT, PARAMS, TGT, LSE, POS, NP, NQ, D,
         qe = tl.load(QT + NQ + cols, mask=qmask, other=0.0).to(CDT)
         lg, u = _logits(s, pe, qe, c, beta, KIND)
         lg = tl.where(qmask[None, :], lg, float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(lg, 1))
+        new_max = M.maxnan(run_max, tl.max(lg, 1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(lg - new_max[:, None]), 1)
         run_max = new_max
         if WITH_POS:
