@@ -3,7 +3,7 @@
 
     python benchmarks/half_sweep.py [--rows 100000] [--out benchmarks/results/half_sweep.md]
 
-Rows: norms log-uniform in [1e-6, 1e4] and exact zeros; second inputs equal to the first,
+Rows (output entries for the pairwise ops): norms log-uniform in [1e-6, 1e4] and exact zeros; second inputs equal to the first,
 nearly collinear (relative perturbation 1e-3), antipodal, or fresh; c in {0.1, 1, 10} as a
 0-dim tensor in the input dtype that requires grad; logit scale in [1, 100] (tensor, grad);
 random upstream gradients. Per op, dtype and backend (every backend that runs the op on
@@ -71,12 +71,12 @@ def run_case(op, backend, dtype, rows, d, seed):
     g = torch.Generator().manual_seed(seed)
     bad_fwd = bad_grad = total = 0
     fmax = torch.finfo(dtype).max
-    batch = 400 if op in PAIRWISE else 1000 if op in LOSSES else rows
+    batch = 200 if op in PAIRWISE else 1000 if op in LOSSES else rows // 3 + 1  # >= 3 batches: every c
     done = 0
-    while done < rows:
-        n = min(batch, rows - done)
+    while done < rows:  # rows of the row-wise ops and losses, output entries (N x M) of the pairwise ones
+        n = batch if op in PAIRWISE else min(batch, rows - done)
         x64, y64 = hard_rows(n, d, g)
-        cval = (0.1, 1.0, 10.0)[(done // batch) % 3]
+        cval = (0.1, 1.0, 10.0)[(done // (batch * (batch if op in PAIRWISE else 1))) % 3]
         sval = float(torch.empty(()).uniform_(1.0, 100.0, generator=g))
         x, y = x64.to(dtype).requires_grad_(True), y64.to(dtype).requires_grad_(True)
         c = torch.tensor(cval, dtype=dtype, requires_grad=True)
@@ -94,7 +94,7 @@ def run_case(op, backend, dtype, rows, d, seed):
         grads = torch.autograd.grad(out, wrt, gout, allow_unused=True)
         bad_grad += sum(int((~torch.isfinite(gr)).sum()) for gr in grads if gr is not None)
         total += out.numel()
-        done += n
+        done += n * n if op in PAIRWISE else n
     return bad_fwd, bad_grad, total
 
 

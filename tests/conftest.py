@@ -95,6 +95,29 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an 
 # A green run therefore proves the Triton interpreter, the native build and the distributed
 # tests really ran.
 
+def registry_backends(op: str) -> list:
+    """``pytest.param(name)`` for every backend of the registry that implements ``op``, with
+    its marker (``triton``, skipped without CUDA or the interpreter; ``native``)."""
+    from hypkern.kernels import registry
+    triton_ok = torch.cuda.is_available() or triton_interpreter_on()
+    out = []
+    for name, b in registry.BACKENDS.items():
+        if op not in b.implements:
+            continue
+        marks = []
+        if name == "triton":
+            marks = [pytest.mark.triton, pytest.mark.skipif(not triton_ok, reason="needs CUDA or TRITON_INTERPRET=1")]
+        elif name == "native":
+            marks = [pytest.mark.native]
+        out.append(pytest.param(name, marks=marks))
+    return out
+
+
+def backend_device(backend: str) -> str:
+    """Where a test runs ``backend``: CUDA for Triton when there is a GPU, else the CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
 def _required_parts(config) -> set[str]:
     return {p.strip() for p in os.environ.get("HYPKERN_REQUIRE", "").split(",") if p.strip()}
 

@@ -13,24 +13,14 @@ import hypkern
 from hypkern import losses as HL
 from hypkern.kernels import registry
 
-TRITON_OK = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+from conftest import backend_device, registry_backends
+
 ROWWISE = ("dist", "oxy_angle")
 PAIRWISE = ("pairwise_inner", "pairwise_dist")
 UNARY = ("exp_map0", "log_map0", "half_aperture")
 
 
-def _backends(op):
-    out = []
-    for name, b in registry.BACKENDS.items():
-        if op not in b.implements:
-            continue
-        marks = []
-        if name == "triton":
-            marks = [pytest.mark.triton, pytest.mark.skipif(not TRITON_OK, reason="needs CUDA or TRITON_INTERPRET=1")]
-        elif name == "native":
-            marks = [pytest.mark.native]
-        out.append(pytest.param(name, marks=marks))
-    return out
+_backends = registry_backends
 
 
 def _cases(pairs):
@@ -42,8 +32,7 @@ def _cases(pairs):
     return out
 
 
-def _dev(backend):
-    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+_dev = backend_device
 
 
 def _pts(n, d=6, seed=0, dtype=torch.float32, dev="cpu"):

@@ -15,31 +15,19 @@ import torch
 
 import hypkern
 from hypkern import losses as HL
-from hypkern.kernels import registry
+
+from conftest import backend_device, registry_backends
 from hypkern.lorentz import reference as R
 from hypkern.losses import reference as LR
 
 C = 0.1
 SCALE = 50.0
-TRITON_OK = torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"
 
 
-def _backends(op):
-    out = []
-    for name, b in registry.BACKENDS.items():
-        if op not in b.implements:
-            continue
-        marks = []
-        if name == "triton":
-            marks = [pytest.mark.triton, pytest.mark.skipif(not TRITON_OK, reason="needs CUDA or TRITON_INTERPRET=1")]
-        elif name == "native":
-            marks = [pytest.mark.native]
-        out.append(pytest.param(name, marks=marks))
-    return out
+_backends = registry_backends
 
 
-def _device(backend):
-    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+_device = backend_device
 
 
 def near_origin(n, d=32, c=C, seed=0):
