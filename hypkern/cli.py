@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     p = sub.add_parser("backends", help="list the kernel backends usable here, and why not")
     p.set_defaults(func=_backends_command)
+    from .unlearning.command import allow_negative_numbers
+    for sp in [parser, *sub.choices.values()]:
+        allow_negative_numbers(sp)
     return parser
 
 

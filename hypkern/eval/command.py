@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 __all__ = ["register", "load_for_eval"]
 
@@ -39,6 +40,18 @@ def _data(spec: str | None, model, seed: int):
 
 
 def _command(args) -> int:
+    """``hypkern eval``: 0 ok, 1 a missed target with --strict, 2 bad input (a clear message,
+    no traceback: a missing or corrupt model, unknown concepts, unreadable data)."""
+    from ..data.split import ConceptError
+    from ..models.io import CheckpointError
+    try:
+        return _evaluate(args)
+    except (ConceptError, CheckpointError, ValueError, FileNotFoundError, OSError, KeyError) as exc:
+        print(f"hypkern eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args) -> int:
     from .report import evaluate
     model = load_for_eval(args.model, seed=args.seed, cache_dir=args.cache_dir)
     before = load_for_eval(args.before, seed=args.seed, cache_dir=args.cache_dir) if args.before else None

@@ -14,6 +14,7 @@ Writes ``OUT/model`` (``save_model``; load with ``hypkern.models.load_model``),
 from __future__ import annotations
 
 import argparse
+import re
 import os
 import sys
 
@@ -60,10 +61,21 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def allow_negative_numbers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let option values be negative numbers in any notation (``--lr -1e-3``): argparse only
+    recognises ``-1`` and ``-0.5`` and takes ``-1e-3`` for an unknown option, so the config
+    check never gets to say what is wrong with the value."""
+    parser._negative_number_matcher = _NEGATIVE_NUMBER
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypkern unlearn", description=_DESCRIPTION)
     _add_arguments(p)
-    return p
+    return allow_negative_numbers(p)
 
 
 def register(subparsers) -> argparse.ArgumentParser:

@@ -214,13 +214,27 @@ class UnlearnConfig:
             text = fh.read()
         if path.endswith((".yaml", ".yml")):
             import yaml
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ConfigError(f"unlearn config file {path}{where}: not valid YAML: {problem}") from None
         elif path.endswith(".json"):
-            values = json.loads(text)
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"unlearn config file {path} (line {exc.lineno}, column {exc.colno}): "
+                                  f"not valid JSON: {exc.msg}") from None
         else:
             raise ConfigError(f"unlearn config file must end in .yaml, .yml or .json: {path}")
         if isinstance(values, Mapping) and "unlearn" in values and isinstance(values["unlearn"], Mapping):
             values = values["unlearn"]  # allow a top-level `unlearn:` section
+        try:  # the file's own values are checked even where an override replaces them
+            cls.from_dict(dict(values))
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in {path})") from None
         return cls.from_dict({**dict(values), **overrides})
 
     @classmethod
