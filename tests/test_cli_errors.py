@@ -46,3 +46,23 @@ def test_eval_missing_or_corrupt_model_exits_2(tmp_path, capsys):
     corrupt.write_bytes(b"not a checkpoint")
     rc, err = _run(["eval", "--model", str(corrupt), "--concepts", "dog", "--out", str(tmp_path)], capsys)
     assert rc == 2 and err.startswith("hypkern eval: error:"), err
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    from hypkern.unlearning import unlearn
+    from hypkern.unlearning.toy import toy_model, toy_pairs
+    with pytest.raises(ConfigError, match=r"'resume'.*no checkpoint in .*drop --resume"):
+        unlearn(toy_model("euclidean"), ["dog"], toy_pairs(4), steps=1, retain_batch_size=4, forget_batch_size=2,
+                progress=False, eval=False, out_dir=str(tmp_path), resume=True)
+
+
+def test_warns_when_batches_exceed_the_data_or_half_precision_runs_on_cpu():
+    from hypkern.unlearning import unlearn
+    from hypkern.unlearning.toy import toy_model, toy_pairs
+    said = []
+    unlearn(toy_model("euclidean"), ["dog"], toy_pairs(2), steps=1, retain_batch_size=16, forget_batch_size=8,
+            precision="bf16", device="cpu", progress=False, eval=False, log=said.append)
+    text = "\n".join(said)
+    assert "retain_batch_size=16 but the data has only 10 retain pairs" in text, text
+    assert "forget_batch_size=8 but the data has only 2 forget pairs" in text, text
+    assert "precision=bf16 on the CPU is slower than fp32" in text, text

@@ -127,6 +127,22 @@ def _log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
 
+def _warn_about_settings(cfg, split, log) -> None:
+    """Settings that run but are probably not what the user wants: batches larger than the
+    data (every pair repeats within a step) and half precision on a CPU (slower than fp32)."""
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    for what, batch, have in (("retain", cfg.retain_batch_size, len(split.retain)),
+                              ("forget", cfg.forget_batch_size, split.n_forget)):
+        if batch > have:
+            say(f"warning: {what}_batch_size={batch} but the data has only {have} {what} pairs: each step "
+                f"repeats pairs; set {what}_batch_size <= {have}")
+    import torch
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.precision != "fp32" and str(device).startswith("cpu"):
+        say(f"warning: precision={cfg.precision} on the CPU is slower than fp32 here (no half-precision "
+            "matmul units); use precision='fp32' on CPU")
+
+
 def unlearn(model, concepts, data=None, *, method: str = "auto", config=None, eval_data=None,
             callbacks: Sequence[Callable[[int, dict], None]] = (), log: Callable[[str], None] | None = None,
             **overrides) -> UnlearnResult:
@@ -162,6 +178,8 @@ def unlearn(model, concepts, data=None, *, method: str = "auto", config=None, ev
     eval_data = default_eval if eval_data is None else eval_data
     split = split_concepts(train_data, concepts, source=source)
     rank = rank_world()[0]
+    if rank == 0:
+        _warn_about_settings(cfg, split, log)
 
     def evaluate():
         if not cfg.eval or rank != 0:

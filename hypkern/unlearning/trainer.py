@@ -279,7 +279,9 @@ class Trainer:
         if cfg.resume:
             path = ckpt.latest_checkpoint(self.root)
             if path is None:
-                self.log(f"resume: no checkpoint in {self.root}; starting from step 0")
+                raise ConfigError(f"unlearn config field 'resume': there is no checkpoint in {self.root} to "
+                                  "resume from (a run writes its first one after checkpoint_every steps); "
+                                  "drop --resume / resume=True to start a new run there")
             else:
                 state = ckpt.load_checkpoint(path, model, opt)
                 self._check_resume(state, fingerprint)
