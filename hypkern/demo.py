@@ -70,19 +70,18 @@ def choose_concepts(seed: int, counts=COUNTS) -> dict[int, list[str]]:
 
 
 def _threads(requested: int | None) -> int:
-    """Torch CPU threads: ``requested``, else the idle cores (``cores - round(load average)``,
-    at least 1, at most 8): OpenMP threads that must share a busy core run many times slower
-    than one thread (measured: 4x at a load of 1.6 on two cores)."""
+    """Torch CPU threads: ``requested`` (``--threads``), else every core this process may run
+    on (its CPU affinity), never a guess from the momentary load. On a machine other work keeps
+    busy, ``--threads`` with fewer threads can be much faster (OpenMP threads sharing a busy
+    core: measured 4x slower at a load of 1.6 on two cores)."""
     import torch
     if requested:
         n = requested
     else:
-        cores = os.cpu_count() or 1
         try:
-            load = os.getloadavg()[0]
-        except OSError:
-            load = 0.0
-        n = min(8, max(1, cores - int(round(load))))
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not on Linux
+            n = os.cpu_count() or 1
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
 
@@ -282,7 +281,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="where pretrained demo models are cached (default $HYPKERN_CACHE or ~/.cache/hypkern)")
     p.add_argument("--refresh", action="store_true", help="pretrain again even when cached")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: all cores, or 1 when the machine is already busy)")
+                   help="torch CPU threads (default: every core this process may use; fewer is faster "
+                        "when other work keeps the machine busy)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_command)
     return p
