@@ -164,23 +164,67 @@ def demo_model(kind: str = "meru", seed: int = 0, *, config: PretrainConfig | No
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = replace(config or (QUICK if quick else DEFAULTS[kind]), seed=seed)
     folder = cache_root(cache_dir) / "demo_models" / f"{kind}-{_key(kind, cfg)}"
-    if folder.exists() and not refresh:
+    with _cache_lock(folder, log):  # concurrent runs: one trains, the others wait and load
+        if folder.exists() and not refresh:
+            try:
+                model = load_model(str(folder))
+                log(f"loaded pretrained tiny {kind.upper()} from {folder}")
+                return model.eval()
+            except Exception as exc:  # a broken cache entry: retrain and overwrite it
+                log(f"cached {folder} unreadable ({type(exc).__name__}: {exc}); pretraining again")
+        model = pretrain_demo_model(kind, cfg, progress=progress, log=log)
         try:
-            model = load_model(str(folder))
-            log(f"loaded pretrained tiny {kind.upper()} from {folder}")
-            return model.eval()
-        except Exception as exc:  # a broken cache entry: retrain and overwrite it
-            log(f"cached {folder} unreadable ({type(exc).__name__}: {exc}); pretraining again")
-    model = pretrain_demo_model(kind, cfg, progress=progress, log=log)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_model(model, str(folder))
-        with open(folder / "pretrain.json", "w", encoding="utf-8") as fh:
-            json.dump({"kind": kind, **asdict(cfg)}, fh, indent=1)
-        log(f"cached it in {folder}")
-    except OSError as exc:  # a read-only home: still usable, just not cached
-        log(f"could not cache the model in {folder}: {exc}")
+            _save_atomically(model, folder, {"kind": kind, **asdict(cfg)}, save_model)
+            log(f"cached it in {folder}")
+        except OSError as exc:  # a read-only home: still usable, just not cached
+            log(f"could not cache the model in {folder}: {exc}")
     return model
+
+
+class _cache_lock:
+    """An exclusive ``flock`` on ``<folder>.lock`` while a cache entry is checked, trained and
+    written (no-op where ``fcntl`` is missing, or the directory is read-only)."""
+
+    def __init__(self, folder: Path, log):
+        self.path, self.log, self.fh = folder.parent / f"{folder.name}.lock", log, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a+")
+        except (ImportError, OSError):
+            return self
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.log(f"waiting for another run that is writing {self.path.with_suffix('')} ...")
+            fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            self.fh.close()  # releases the lock
+        return False
+
+
+def _save_atomically(model, folder: Path, meta: dict, save_model) -> None:
+    """Write the model to a temporary sibling, then rename it into place: a reader never sees
+    a half-written entry (the old entry, on refresh, is moved away first and removed)."""
+    import shutil
+    tmp = folder.parent / f".{folder.name}.tmp.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp))
+    with open(tmp / "pretrain.json", "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=1)
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old.{os.getpid()}"
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class _progress:
