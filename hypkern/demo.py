@@ -143,7 +143,16 @@ def run_demo(out: str = "hypkern-demo", seed: int = 0, quick: bool = False, stri
              cache_dir: str | None = None, refresh: bool = False, threads: int | None = None,
              progress: bool = True, models=("meru", "clip")) -> dict:
     """Run the demo (see the module docstring); returns the report dict written to
-    ``out/report.json``."""
+    ``out/report.json``. The torch thread count it sets is restored afterwards."""
+    import torch
+    before = torch.get_num_threads()
+    try:
+        return _run_demo(out, seed, quick, strict, cache_dir, refresh, threads, progress, models)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(out, seed, quick, strict, cache_dir, refresh, threads, progress, models) -> dict:
 
     from .data import demo as demo_data
     from .eval import pretrain
@@ -217,9 +226,9 @@ def run_demo(out: str = "hypkern-demo", seed: int = 0, quick: bool = False, stri
         "runs": {k: {"concepts": v["concepts"], "targets": v["targets"], "losses": v["losses"]}
                  for k, v in runs.items()},
     }
-    from .eval.report import _jsonable
+    from .eval.report import jsonable
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as fh:
-        json.dump(_jsonable(report), fh, indent=1)
+        json.dump(jsonable(report), fh, indent=1)
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
         fh.write(_markdown(report, runs))
     print(table(rows))

@@ -20,6 +20,8 @@ model with a ``geometry`` attribute).
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +31,7 @@ from .lorentz import ops
 __all__ = ["Geometry", "LORENTZ", "EUCLIDEAN", "GEOMETRIES", "geometry_of"]
 
 
-class Geometry:
+class Geometry(abc.ABC):
     """One embedding geometry (see the module docstring); subclasses fill in the maths."""
 
     name: str = ""
@@ -42,24 +44,29 @@ class Geometry:
     average_projected_prompts: bool = True
     default_method: str = "ac"
 
+    @abc.abstractmethod
     def similarity(self, a, b, curv=None, backend=None) -> torch.Tensor:
-        raise NotImplementedError
+        """(N, M) similarities, no logit scale (``-d_L`` or cosine)."""
 
+    @abc.abstractmethod
     def rowwise_similarity(self, a, b, curv=None, backend=None) -> torch.Tensor:
-        raise NotImplementedError
+        """(N,) similarity of each row pair."""
 
+    @abc.abstractmethod
     def contrastive_loss(self, image, text, logit_scale, curv=None, targets=None, weights=None, **kw):
-        raise NotImplementedError
+        """The geometry's contrastive loss (``hypkern.losses``); ``curv`` ignored by Euclidean."""
 
+    @abc.abstractmethod
     def class_embedding(self, model, feats: torch.Tensor) -> torch.Tensor:
         """``(K, T, D)`` prompt features (per class, per template) -> ``(K, D)`` classes."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def class_scores(self, image_feats, classifier, curv=None) -> torch.Tensor:
-        raise NotImplementedError
+        """(N, K) zero-shot scores of images against class embeddings."""
 
+    @abc.abstractmethod
     def origin_distance(self, feats, curv=None) -> torch.Tensor:
-        raise NotImplementedError
+        """(N,) distance of each embedding to the origin."""
 
     def __repr__(self) -> str:
         return f"<Geometry {self.name}>"

@@ -22,7 +22,7 @@ from .zeroshot import (
     resolve_concepts, zeroshot_classifier,
 )
 
-__all__ = ["measure", "evaluate", "targets_met", "write_report", "FORGET_MARGIN", "RETAIN_RATIO"]
+__all__ = ["measure", "evaluate", "targets_met", "write_report", "jsonable", "FORGET_MARGIN", "RETAIN_RATIO"]
 
 #: Targets: forget accuracy <= chance + FORGET_MARGIN, retain >= RETAIN_RATIO x before.
 FORGET_MARGIN = 0.05
@@ -186,7 +186,7 @@ def write_report(result: dict, out_dir: str, prefix: str = "") -> dict[str, str]
         title=f"{result['title']}: image distance to the origin per concept", highlight=forget)
     json_path = os.path.join(out_dir, f"{prefix}report.json")
     with open(json_path, "w", encoding="utf-8") as fh:
-        json.dump(_jsonable(result), fh, indent=1)
+        json.dump(jsonable(result), fh, indent=1)
     paths["json"] = json_path
     md_path = os.path.join(out_dir, f"{prefix}report.md")
     with open(md_path, "w", encoding="utf-8") as fh:
@@ -195,14 +195,14 @@ def write_report(result: dict, out_dir: str, prefix: str = "") -> dict[str, str]
     return paths
 
 
-def _jsonable(obj):
+def jsonable(obj):
     """NaN -> None (strict JSON), keys -> str, tensors -> lists."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

@@ -42,7 +42,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .. import losses as _losses
+from .. import losses as loss_api
 from ..geometry import geometry_of
 from ..losses.distributed import all_reduce_sum, gather_with_grad, world_info
 
@@ -99,7 +99,7 @@ def entailment_calibration(text: torch.Tensor, image: torch.Tensor, curv, margin
                            min_radius: float = 0.1, backend=None, reduction: str = "mean") -> torch.Tensor:
     """``mean relu(half_aperture(text) - oxy_angle(text, image) + margin)``: zero once every
     image lies at least ``margin`` radians outside its text's entailment cone."""
-    return _losses.entailment_calibration_loss(text, image, curv, margin=margin, min_radius=min_radius,
+    return loss_api.entailment_calibration_loss(text, image, curv, margin=margin, min_radius=min_radius,
                                                reduction=reduction, **_kw(backend))
 
 
@@ -188,7 +188,7 @@ def unlearning_loss(emb: StepEmbeddings, *, geometry, method: str, cfg, logit_sc
         shares["entail_cal"] = ent_cal
         if cfg.gamma:
             total = total + cfg.gamma * ent_cal
-        ret_ent = _losses.entailment_loss(rt, ri, curv, cfg.min_radius, reduction="sum",
+        ret_ent = loss_api.entailment_loss(rt, ri, curv, cfg.min_radius, reduction="sum",
                                           **_kw(backend)) / n_retain
         shares["retain_entail"] = ret_ent
         if cfg.retain_entail_weight:
