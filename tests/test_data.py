@@ -247,3 +247,49 @@ def test_zero_shot_sets(folder):
         ZeroShotSet(["a", "a"])
     with pytest.raises(ValueError, match="template"):
         build_prompts(["a"], ["no slot"])
+
+
+# ------------------------------------------------------------------------------ prompts, class order, int labels
+
+def test_pair_datasets_carry_prompts_class_order_and_integer_labels(tmp_path):
+    import json as _json
+    from hypkern.data import TensorPairs
+    from hypkern.data.pairs import DEFAULT_PROMPTS, CaptionFilePairs
+    imgs = torch.rand(4, 3, 8, 8)
+    caps = ["a zebra", "a dog", "another zebra", "a cat"]
+    ds = TensorPairs(imgs, caps, ["zebra", "dog", "zebra", "cat"])
+    assert ds.classnames == ["zebra", "dog", "cat"]            # order of first appearance, not sorted
+    assert ds.templates == DEFAULT_PROMPTS and ds.subset([1]).templates == DEFAULT_PROMPTS
+    ds = TensorPairs(imgs, caps, torch.tensor([2, 0, 2, 1]), classnames=["dog", "cat", "zebra"],
+                     templates=["art of a {}"])
+    assert ds.labels == ["zebra", "dog", "zebra", "cat"] and ds[0]["target"] == 2 and ds.templates == ("art of a {}",)
+    assert TensorPairs(imgs, caps, [3, 1, 3, 2]).classnames == ["3", "1", "2"]
+    with pytest.raises(ValueError, match="not an index"):
+        TensorPairs(imgs, caps, [0, 1, 2, 5], classnames=["a", "b", "c"])
+    with pytest.raises(ValueError, match="not among the classnames"):
+        TensorPairs(imgs, caps, ["zebra", "dog", "zebra", "owl"], classnames=["zebra", "dog"])
+    with pytest.raises(ValueError, match="templates must be strings with a"):
+        TensorPairs(imgs, caps, templates=["no slot"])
+    for i in range(2):
+        _png(tmp_path / f"{i}.png", (10 * i, 0, 0))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(_json.dumps(r) for r in (
+        {"image": "0.png", "caption": "a red one", "label": 1}, {"image": "1.png", "caption": "x", "label": 0})))
+    cf = CaptionFilePairs(tmp_path / "pairs.jsonl", classnames=["dark", "red"], templates=["a {} square"],
+                          transform=image_transform(SIZE))
+    assert cf.labels == ["red", "dark"] and cf.templates == ("a {} square",) and cf.classnames == ["dark", "red"]
+
+
+def test_unlearn_uses_the_given_templates(monkeypatch):
+    from hypkern.unlearning import unlearn
+    from hypkern.unlearning.toy import toy_model, toy_pairs
+    seen = []
+    import hypkern.eval as E
+    orig = E.zeroshot_accuracy
+
+    def spy(model, data, concepts, **kw):
+        seen.append(tuple(data.templates))
+        return orig(model, data, concepts, **kw)
+    monkeypatch.setattr(E, "zeroshot_accuracy", spy)
+    unlearn(toy_model("euclidean"), ["dog"], toy_pairs(4), steps=1, retain_batch_size=4, forget_batch_size=2,
+            progress=False, templates=["a picture of a {}"])
+    assert seen and all(t == ("a picture of a {}",) for t in seen), seen

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = [
     "PairDataset", "ImageFolderPairs", "CaptionFilePairs", "TensorPairs", "PairSubset",
     "ImageReadError", "collate", "make_loader", "IMAGE_EXTENSIONS", "DEFAULT_CAPTION_TEMPLATES",
+    "DEFAULT_PROMPTS", "check_templates",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -55,12 +56,66 @@ def _read_image(path: Path):
         raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
 
+#: Zero-shot prompts of a dataset that was given none (CLIP's single-template prompt).
+DEFAULT_PROMPTS = ("a photo of a {}.",)
+
+
+def check_templates(templates, what: str = "templates") -> tuple[str, ...]:
+    """A non-empty sequence of strings with a ``{}`` for the class name (one string allowed)."""
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise ValueError(f"{what} must be strings with a '{{}}' for the class name, got {templates!r}")
+    return tuple(templates)
+
+
+def _labels_and_classes(labels, n: int, classnames, where: str) -> tuple[list[str], list[str]]:
+    """(labels as class-name strings, classnames). ``labels``: None, class-name strings ('' for
+    none) or integers (indices into ``classnames`` when given, else their decimal string).
+    ``classnames``: explicit (every label must be one of them), else the order of first
+    appearance."""
+    if classnames is not None:
+        classnames = [" ".join(str(c).split()) for c in classnames]
+        if len(set(classnames)) != len(classnames) or not all(classnames):
+            raise ValueError(f"{where}: classnames must be distinct non-empty strings, got {classnames!r}")
+    if labels is None:
+        out = [""] * n
+    else:
+        if isinstance(labels, torch.Tensor):
+            labels = labels.tolist()
+        labels = list(labels)
+        if len(labels) != n:
+            raise ValueError(f"{where}: got {len(labels)} labels for {n} pairs")
+        out = []
+        for lab in labels:
+            if isinstance(lab, bool):
+                raise TypeError(f"{where}: labels must be class names or integers, got {lab!r}")
+            if isinstance(lab, int):
+                if classnames is not None:
+                    if not 0 <= lab < len(classnames):
+                        raise ValueError(f"{where}: label {lab} is not an index into the {len(classnames)} classnames")
+                    lab = classnames[lab]
+                else:
+                    lab = str(lab)
+            elif not isinstance(lab, str):
+                raise TypeError(f"{where}: labels must be class names or integers, got {type(lab).__name__}")
+            out.append(" ".join(lab.replace("_", " ").split()))
+    if classnames is None:
+        classnames = list(dict.fromkeys(lab for lab in out if lab))
+    else:
+        unknown = sorted({lab for lab in out if lab and lab not in classnames})
+        if unknown:
+            raise ValueError(f"{where}: labels {unknown} are not among the classnames {classnames}")
+    return out, classnames
+
+
 class PairDataset(Dataset, abc.ABC):
-    """Base of the pair datasets: ``captions``, ``labels``, ``classnames`` and ``_image(i)``."""
+    """Base of the pair datasets: ``captions``, ``labels``, ``classnames``, ``templates`` (the
+    zero-shot prompts ``unlearn`` and ``evaluate`` use) and ``_image(i)``."""
 
     captions: list[str]
     labels: list[str]
     classnames: list[str]
+    templates: tuple[str, ...] = DEFAULT_PROMPTS
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -102,6 +157,7 @@ class PairSubset(PairDataset):
         self.captions = [dataset.captions[i] for i in self.indices]
         self.labels = [dataset.labels[i] for i in self.indices]
         self.classnames = dataset.classnames
+        self.templates = getattr(dataset, "templates", DEFAULT_PROMPTS)
 
     def _image(self, i: int) -> torch.Tensor:
         return self.dataset._image(self.indices[i])
@@ -184,12 +240,16 @@ class CaptionFilePairs(PairDataset):
     ``image_key`` / ``caption_key`` / ``label_key`` if given, else the first present of
     ``image, image_path, filepath, file, path`` / ``caption, text, title`` / ``label, class,
     classname``. Relative image paths are resolved against ``image_root`` (default: the
-    captions file's folder). Missing image files are reported at construction.
+    captions file's folder). Missing image files are reported at construction. Labels may be
+    class names or integers (indices into ``classnames`` when given); ``classnames`` fixes the
+    class order (default: the order of first appearance); ``templates`` are the zero-shot
+    prompts (default :data:`DEFAULT_PROMPTS`).
     """
 
     def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None,
                  transform: Callable | None = None, image_size: int = 224, image_key: str | None = None,
-                 caption_key: str | None = None, label_key: str | None = None, check_files: bool = True):
+                 caption_key: str | None = None, label_key: str | None = None, check_files: bool = True,
+                 templates: Sequence[str] | None = None, classnames: Sequence[str] | None = None):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"captions file not found: {path}")
@@ -200,7 +260,7 @@ class CaptionFilePairs(PairDataset):
         records = _read_records(path)
         if not records:
             raise ValueError(f"captions file {path} has no records")
-        self.paths, self.captions, self.labels = [], [], []
+        self.paths, self.captions, raw = [], [], []
         for line, rec in records:
             img = _field(rec, image_key, _IMAGE_KEYS, path, line, "image path")
             cap = _field(rec, caption_key, _CAPTION_KEYS, path, line, "caption")
@@ -208,8 +268,10 @@ class CaptionFilePairs(PairDataset):
             p = Path(str(img))
             self.paths.append(p if p.is_absolute() else root / p)
             self.captions.append(str(cap))
-            self.labels.append("" if lab is None else " ".join(str(lab).replace("_", " ").split()))
-        self.classnames = sorted({lab for lab in self.labels if lab})
+            raw.append("" if lab is None else lab if isinstance(lab, int) and not isinstance(lab, bool)
+                       else str(lab))
+        self.labels, self.classnames = _labels_and_classes(raw, len(raw), classnames, str(path))
+        self.templates = check_templates(templates) if templates is not None else DEFAULT_PROMPTS
         if check_files:
             missing = [str(p) for p in self.paths if not p.is_file()]
             if missing:
@@ -263,10 +325,13 @@ def _field(rec: dict, key: str | None, aliases, path: Path, line: int, what: str
 class TensorPairs(PairDataset):
     """Pairs from in-memory tensors: ``images`` ``(N, 3, H, W)`` (float in ``[0, 1]``, or uint8
     scaled by 1/255) or a list of ``(3, H, W)`` tensors, with ``captions`` and optional ``labels``
-    (class names). ``transform``, if given, is applied to each image tensor."""
+    (class names or integers, see ``classnames``). ``transform``, if given, is applied to each
+    image tensor. ``templates``: the zero-shot prompts (default :data:`DEFAULT_PROMPTS`);
+    ``classnames``: the class order (default: the order of first appearance), which integer
+    labels index."""
 
-    def __init__(self, images, captions: Sequence[str], labels: Sequence[str] | None = None,
-                 transform: Callable | None = None):
+    def __init__(self, images, captions: Sequence[str], labels=None, transform: Callable | None = None,
+                 *, templates: Sequence[str] | None = None, classnames: Sequence[str] | None = None):
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
             raise TypeError("captions must be a sequence of strings")
         n = len(captions)
@@ -277,16 +342,13 @@ class TensorPairs(PairDataset):
             raise ValueError("images must be a (N, 3, H, W) tensor or a list of (3, H, W) tensors")
         if len(images) != n:
             raise ValueError(f"got {len(images)} images but {n} captions")
-        if labels is not None:
-            if len(labels) != n:
-                raise ValueError(f"got {len(labels)} labels but {n} captions")
-            if not all(isinstance(lab, str) for lab in labels):
-                raise TypeError("labels must be class-name strings ('' for none)")
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"got {len(labels)} labels but {n} captions")
         _check_transform(transform)
         self.images, self.transform = images, transform
         self.captions = list(captions)
-        self.labels = list(labels) if labels is not None else [""] * n
-        self.classnames = sorted({lab for lab in self.labels if lab})
+        self.labels, self.classnames = _labels_and_classes(labels, n, classnames, "TensorPairs")
+        self.templates = check_templates(templates) if templates is not None else DEFAULT_PROMPTS
 
     def _image(self, i: int) -> torch.Tensor:
         image = self.images[i]

@@ -144,6 +144,7 @@ def _warn_about_settings(cfg, split, log) -> None:
 
 
 def unlearn(model, concepts, data=None, *, method: str = "auto", config=None, eval_data=None,
+            templates: Sequence[str] | None = None,
             callbacks: Sequence[Callable[[int, dict], None]] = (), log: Callable[[str], None] | None = None,
             **overrides) -> UnlearnResult:
     """Remove ``concepts`` from ``model`` (trained in place) and report what changed.
@@ -158,12 +159,17 @@ def unlearn(model, concepts, data=None, *, method: str = "auto", config=None, ev
       fields (``steps=200, lr=1e-5, alpha=1.0, ...``, see ``UnlearnConfig``).
     * ``eval_data``: data for the before/after zero-shot accuracy (default: the demo test split
       for the demo, else ``data``).
+    * ``templates``: the zero-shot prompts of that evaluation (``"a photo of a {}."``, ...);
+      default: the dataset's own ``templates`` (every ``hypkern.data`` dataset has them).
     * ``callbacks``: ``f(step_done, record)`` after every step.
 
     Loss (per step, global batch): ``CE_w + β·P + [γ·E_cal + w_e·E_retain + δ·N]`` (HAC terms in
     brackets), see ``hypkern.unlearning.objectives``.
     """
     log = log or _log
+    if templates is not None:
+        from ..data.pairs import check_templates
+        templates = check_templates(templates)
     if method != "auto":
         overrides["method"] = method
     cfg = UnlearnConfig.from_any(config, **overrides)
@@ -185,7 +191,7 @@ def unlearn(model, concepts, data=None, *, method: str = "auto", config=None, ev
         if not cfg.eval or rank != 0:
             return None
         return concept_accuracy(model, eval_data, concepts, batch_size=cfg.eval_batch_size,
-                                max_per_class=cfg.eval_max_per_class)
+                                max_per_class=cfg.eval_max_per_class, templates=templates)
 
     if cfg.device:
         model.to(cfg.device)

@@ -36,6 +36,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
                    help="image-text pairs: an image folder (root/<class>/*.jpg) or a captions file "
                         "(.jsonl/.csv/.tsv with image, caption[, label]); default: the embedded demo dataset")
+    p.add_argument("--template", action="append", default=None, metavar="TEXT",
+                   help="zero-shot prompt template with {} for the before/after accuracy (repeatable; "
+                        "default: the data's own templates)")
     p.add_argument("--method", default=None, choices=("auto", "hac", "ac"),
                    help="hac (MERU: AC + entailment calibration + norm regularisation), ac (alignment "
                         "calibration, CLIP) or auto (hac for Lorentz models, ac for Euclidean); default auto")
@@ -131,7 +134,7 @@ def run(args) -> int:
         cfg = UnlearnConfig.from_any(args.config, **overrides)
         started = _init_distributed()
         from .api import unlearn
-        result = unlearn(args.model, args.concepts, args.data, config=cfg)
+        result = unlearn(args.model, args.concepts, args.data, config=cfg, templates=args.template)
         from .dist import rank_world
         if rank_world()[0] == 0:
             path = result.save(os.path.join(args.out, "model"))

@@ -14,7 +14,7 @@ __all__ = ["concept_accuracy"]
 
 
 def concept_accuracy(model, data, concepts: Sequence[str], *, batch_size: int = 128,
-                     max_per_class: int | None = None) -> dict | None:
+                     max_per_class: int | None = None, templates: Sequence[str] | None = None) -> dict | None:
     """``{"forget", "retain", "overall", "chance", "per_class", "forget_classes"}`` or ``None``
     when ``data`` has no class names / the concepts name no class (then only the loss history
     tells what happened)."""
@@ -22,7 +22,7 @@ def concept_accuracy(model, data, concepts: Sequence[str], *, batch_size: int = 
 
     if data is None or getattr(data, "classnames", None) is None:
         return None
-    data = _EvalView(data, max_per_class)
+    data = _EvalView(data, max_per_class, templates)
     if len(data) == 0:
         return None
     try:
@@ -41,10 +41,12 @@ class _EvalView(torch.utils.data.Dataset):
     class index (``hypkern.data`` pair datasets carry the class *name* in ``label`` and its index
     in ``target``; the demo dataset carries the index in ``label``)."""
 
-    def __init__(self, data, cap: int | None):
+    def __init__(self, data, cap: int | None, templates=None):
         self.data = data
         self.classnames = list(data.classnames)
-        if hasattr(data, "templates"):
+        if templates is not None:
+            self.templates = tuple(templates)
+        elif hasattr(data, "templates"):
             self.templates = data.templates
         index = {c: k for k, c in enumerate(self.classnames)}
         labels = getattr(data, "labels", None)
