@@ -216,6 +216,24 @@ def test_unlearn_one_concept(geometry, method, pretrained, toy_data, tmp_path):
     assert "dog" in res.summary()
 
 
+def test_stop_at_a_forgetting_target(pretrained, toy_data, tmp_path):
+    """stop_forget_acc: the run ends at the first check where the forget accuracy is at or
+    below the target, with a checkpoint there, instead of running every step."""
+    train, test = toy_data
+    model = copy.deepcopy(pretrained["euclidean"])
+    said = []
+    res = unlearn(model, ["dog"], train, eval_data=test, out_dir=str(tmp_path), log=said.append,
+                  **{**FAST, "steps": 200, "stop_forget_acc": 0.3, "stop_check_every": 4})
+    n = len(res.history)
+    assert n < 200 and n % 4 == 0, n
+    assert res.after["forget"] <= 0.3 and res.before["forget"] >= 0.9
+    assert any(f"after step {n} of 200" in m for m in said), said
+    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == n
+    with pytest.raises(ConfigError, match="'stop_forget_acc'"):
+        UnlearnConfig(stop_forget_acc=5.0)
+
+
 @pytest.mark.parametrize("geometry", ["lorentz", "euclidean"])
 def test_unlearn_several_concepts(geometry, pretrained, toy_data):
     train, test = toy_data

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .config import UnlearnConfig
+from .config import ConfigError, UnlearnConfig
 from .data import DataError, normalise_concepts, split_concepts
 from .dist import rank_world
 from .evaluation import concept_accuracy, fmt_acc
@@ -49,8 +49,10 @@ class UnlearnResult:
 
     def summary(self) -> str:
         """A plain-text table: loss terms at the first and last step, accuracies before/after."""
+        stopped = (f" of {self.config.steps}, stopped at the forgetting target"
+                   if self.history and len(self.history) < self.config.steps else "")
         lines = [f"unlearned {', '.join(self.concepts)} with {self.method.upper()} "
-                 f"({len(self.history)} steps; data: {self.data_source}; "
+                 f"({len(self.history)} steps{stopped}; data: {self.data_source}; "
                  f"{self.n_forget} forget / {self.n_retain} retain pairs)"]
         if self.history:
             first, last = self.history[0], self.history[-1]
@@ -199,8 +201,17 @@ def unlearn(model, concepts, data=None, *, method: str = "auto", config=None, ev
     frozen = None
     if resolved == "hac" and cfg.delta > 0:
         frozen = copy.deepcopy(model)
+    def forget_accuracy():
+        res = concept_accuracy(model, eval_data, concepts, batch_size=cfg.eval_batch_size,
+                               max_per_class=cfg.eval_max_per_class, templates=templates)
+        return None if res is None else res["forget"]
+
+    if cfg.stop_forget_acc is not None and concept_accuracy(model, eval_data, concepts, max_per_class=1,
+                                                             templates=templates) is None:
+        raise ConfigError("unlearn config field 'stop_forget_acc': the evaluation data has no class that the "
+                          "concepts name, so the forget accuracy cannot be measured; pass eval_data= with labels")
     trainer = Trainer(model, train_data, split, concepts, cfg, resolved, frozen=frozen,
-                      callbacks=callbacks, log=log)
+                      callbacks=callbacks, log=log, forget_accuracy=forget_accuracy)
     history = trainer.run()
     del frozen
     after = evaluate()

@@ -99,6 +99,8 @@ class UnlearnConfig:
     eval: bool = True                 # before/after zero-shot accuracy
     eval_batch_size: int = 128
     eval_max_per_class: int | None = 200  # cap on images per class for the zero-shot eval
+    stop_forget_acc: float | None = None  # stop once zero-shot forget accuracy <= this (0..1); None = run all steps
+    stop_check_every: int = 10        # steps between those checks (each is a zero-shot evaluation)
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self):
@@ -157,6 +159,10 @@ class UnlearnConfig:
         number("log_every", lo=1, integer=True)
         number("eval_batch_size", lo=1, integer=True)
         number("eval_max_per_class", lo=1, integer=True, optional=True)
+        number("stop_forget_acc", lo=0.0, optional=True)
+        number("stop_check_every", lo=1, integer=True)
+        if self.stop_forget_acc is not None and self.stop_forget_acc > 1:
+            bad("stop_forget_acc", "must be a share in [0, 1] (0.05 = 5 %)")
         number("seed", lo=0, integer=True)
         if self.min_lr_ratio > 1:
             bad("min_lr_ratio", "must be <= 1")
@@ -275,7 +281,8 @@ class UnlearnConfig:
 
     #: Fields that may differ between a run and its resumption (they do not change the maths).
     RESUME_FREE = ("resume", "progress", "log_every", "checkpoint_every", "keep_checkpoints",
-                   "out_dir", "eval", "eval_batch_size", "eval_max_per_class", "device", "check_values")
+                   "out_dir", "eval", "eval_batch_size", "eval_max_per_class", "device", "check_values",
+                   "stop_forget_acc", "stop_check_every")
 
     def check_backend(self, geometry: str, device_type: str, world: int = 1) -> dict[str, str]:
         """Resolve the backend of every op and loss a run on ``geometry`` needs, now (before

@@ -94,8 +94,10 @@ class Trainer:
     """Runs the unlearning steps on ``model`` in place (see the module docstring)."""
 
     def __init__(self, model, dataset, split: ForgetRetain, concepts: list[str], cfg: UnlearnConfig,
-                 method: str, frozen=None, callbacks: Sequence[Callable] = (), log=None):
+                 method: str, frozen=None, callbacks: Sequence[Callable] = (), log=None,
+                 forget_accuracy: Callable[[], float | None] | None = None):
         self.model, self.dataset, self.split, self.concepts = model, dataset, split, concepts
+        self.forget_accuracy = forget_accuracy  # for stop_forget_acc: called on rank 0
         self.cfg, self.method, self.frozen = cfg, method, frozen
         self.callbacks = list(callbacks or ())
         self.rank, self.world = rank_world()
@@ -197,6 +199,24 @@ class Trainer:
         if hasattr(self.model, "clamp_parameters_"):
             self.model.clamp_parameters_()
         return terms, gnorm.detach()
+
+    def _should_stop(self, done: int) -> bool:
+        """``stop_forget_acc``: every ``stop_check_every`` steps rank 0 measures the zero-shot
+        forget accuracy; at or below the target the run stops (every rank, by a broadcast)."""
+        cfg = self.cfg
+        if cfg.stop_forget_acc is None or self.forget_accuracy is None or done % cfg.stop_check_every \
+                or done == cfg.steps:
+            return False
+        acc = self.forget_accuracy() if self.rank == 0 else None
+        stop = acc is not None and acc <= cfg.stop_forget_acc
+        if self.world > 1:
+            flag = torch.tensor([1 if stop else 0], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        if stop and self.rank == 0:
+            self.log(f"stop: zero-shot forget accuracy {100 * acc:.1f} % <= {100 * cfg.stop_forget_acc:.1f} % "
+                     f"after step {done} of {cfg.steps}")
+        return stop
 
     def _flush(self, pending: list[dict], bar) -> None:
         """Bring the pending records' device values to the host in one transfer, append them
@@ -317,8 +337,9 @@ class Trainer:
                 done = step + 1
                 pending.append({"step": done, "lr": lr, "grad_norm": gnorm, **terms,
                                 "time_s": round(time.perf_counter() - t0, 4)})
+                stop = self._should_stop(done)
                 save = self.root and self.rank == 0 and (
-                    done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0))
+                    done == cfg.steps or stop or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0))
                 if done % cfg.log_every == 0 or done == cfg.steps or save or self.callbacks:
                     self._flush(pending, bar)
                 if bar is not None:
@@ -328,6 +349,8 @@ class Trainer:
                                          keep=cfg.keep_checkpoints)
                 for cb in self.callbacks:
                     cb(done, self.history[-1])
+                if stop:
+                    break
         finally:
             if bar is not None:
                 bar.close()
