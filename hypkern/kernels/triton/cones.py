@@ -21,7 +21,7 @@ import torch
 
 from ...lorentz.constants import ASIN_EPS
 from . import _math as M
-from .dist import _dist_scalars
+from .dist import pair_scalars, store_pair_grads
 from ._common import compute_dtype, curv_operand, finish_curv_grad, row_config, tl_compute
 
 
@@ -176,7 +176,7 @@ def _oxy_core(a, b, e, f, c, g, WITH_GRAD: tl.constexpr):
 def _oxy_fwd_kernel(X, Y, CURV, OUT, N, D, CDT: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < N
-    a, b, e, f = _dist_scalars(X, Y, rows.to(tl.int64) * D, rmask, D, CDT, BD, BR)
+    a, b, e, f = pair_scalars(X, Y, rows.to(tl.int64) * D, rmask, D, CDT, BD, BR)
     c = tl.load(CURV).to(CDT)
     val, _, _, _, _, _ = _oxy_core(a, b, e, f, c, a, False)
     tl.store(OUT + rows, val.to(OUT.dtype.element_ty), mask=rmask)
@@ -189,22 +189,12 @@ def _oxy_bwd_kernel(X, Y, CURV, G, DX, DY, CPART, N, D, CDT: tl.constexpr,
     rows = pid * BR + tl.arange(0, BR)
     rmask = rows < N
     base = rows.to(tl.int64) * D
-    a, b, e, f = _dist_scalars(X, Y, base, rmask, D, CDT, BD, BR)
+    a, b, e, f = pair_scalars(X, Y, base, rmask, D, CDT, BD, BR)
     c = tl.load(CURV).to(CDT)
     g = tl.load(G + rows, mask=rmask, other=0.0).to(CDT)
     _, g_a, g_b, g_e, g_f, g_c = _oxy_core(a, b, e, f, c, g, True)
     tl.store(CPART + pid, tl.sum(tl.where(rmask, g_c, 0.0), 0))
-    for k0 in range(0, D, BD):
-        ks = k0 + tl.arange(0, BD)
-        m = rmask[:, None] & (ks[None, :] < D)
-        ptr = base[:, None] + ks[None, :]
-        x = tl.load(X + ptr, mask=m, other=0.0).to(CDT)
-        y = tl.load(Y + ptr, mask=m, other=0.0).to(CDT)
-        de = (2.0 * g_e)[:, None] * (x - y)
-        dx = de + (2.0 * (g_f + g_a))[:, None] * x
-        dy = -de + (2.0 * (g_b - g_f))[:, None] * y
-        tl.store(DX + ptr, dx.to(DX.dtype.element_ty), mask=m)
-        tl.store(DY + ptr, dy.to(DY.dtype.element_ty), mask=m)
+    store_pair_grads(X, Y, DX, DY, base, rmask, D, 2.0 * g_e, 2.0 * (g_f + g_a), 2.0 * (g_b - g_f), CDT, BD)
 
 
 def oxy_angle_fwd(x, y, curv):
@@ -264,7 +254,7 @@ def _entail_fwd_kernel(X, Y, CURV, OUT, N, D, TWO_K: tl.constexpr, TWO_K_HI: tl.
                        MARGIN: tl.constexpr, CDT: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < N
-    a, b, e, f = _dist_scalars(X, Y, rows.to(tl.int64) * D, rmask, D, CDT, BD, BR)
+    a, b, e, f = pair_scalars(X, Y, rows.to(tl.int64) * D, rmask, D, CDT, BD, BR)
     c = tl.load(CURV).to(CDT)
     loss, _, _, _, _, _, _ = _entail_core(a, b, e, f, c, a, TWO_K, TWO_K_HI, SIGN, MARGIN, False)
     tl.store(OUT + rows, loss, mask=rmask)
@@ -278,22 +268,13 @@ def _entail_bwd_kernel(X, Y, CURV, G, DX, DY, CPART, N, D, TWO_K: tl.constexpr, 
     rows = pid * BR + tl.arange(0, BR)
     rmask = rows < N
     base = rows.to(tl.int64) * D
-    a, b, e, f = _dist_scalars(X, Y, base, rmask, D, CDT, BD, BR)
+    a, b, e, f = pair_scalars(X, Y, base, rmask, D, CDT, BD, BR)
     c = tl.load(CURV).to(CDT)
     g = tl.load(G + rows, mask=rmask, other=0.0).to(CDT)
     _, g_a, g_b, g_e, g_f, g_c, g_n = _entail_core(a, b, e, f, c, g, TWO_K, TWO_K_HI, SIGN, MARGIN, True)
     tl.store(CPART + pid, tl.sum(tl.where(rmask, g_c, 0.0), 0))
-    for k0 in range(0, D, BD):
-        ks = k0 + tl.arange(0, BD)
-        m = rmask[:, None] & (ks[None, :] < D)
-        ptr = base[:, None] + ks[None, :]
-        x = tl.load(X + ptr, mask=m, other=0.0).to(CDT)
-        y = tl.load(Y + ptr, mask=m, other=0.0).to(CDT)
-        de = (2.0 * g_e)[:, None] * (x - y)
-        dx = de + (2.0 * (g_f + g_a) + g_n)[:, None] * x
-        dy = -de + (2.0 * (g_b - g_f))[:, None] * y
-        tl.store(DX + ptr, dx.to(DX.dtype.element_ty), mask=m)
-        tl.store(DY + ptr, dy.to(DY.dtype.element_ty), mask=m)
+    store_pair_grads(X, Y, DX, DY, base, rmask, D, 2.0 * g_e, 2.0 * (g_f + g_a) + g_n, 2.0 * (g_b - g_f),
+                     CDT, BD)
 
 
 def _entail_consts(min_radius, sign, margin):

@@ -213,7 +213,7 @@ def pairwise_dist_bwd(grad, x, y, curv):
 # ----------------------------------------------------------------------------- row-wise dist
 
 @triton.jit
-def _dist_scalars(X, Y, xbase, rmask, D, CDT: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr):
+def pair_scalars(X, Y, xbase, rmask, D, CDT: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr):
     """Per-row a = |x|^2, b = |y|^2, e = |x - y|^2, f = (x - y).(x + y)."""
     a = tl.zeros([BR], CDT)
     b = tl.zeros([BR], CDT)
@@ -233,11 +233,27 @@ def _dist_scalars(X, Y, xbase, rmask, D, CDT: tl.constexpr, BD: tl.constexpr, BR
 
 
 @triton.jit
+def store_pair_grads(X, Y, DX, DY, xbase, rmask, D, cdiff, cx, cy, CDT: tl.constexpr, BD: tl.constexpr):
+    """The row-wise gradient form shared by dist, oxy_angle and the entailment loss:
+    ``dx = cdiff (x - y) + cx x``, ``dy = -cdiff (x - y) + cy y`` (per-row coefficients; the
+    difference kept explicit because ``cdiff`` is huge for nearby points)."""
+    for k0 in range(0, D, BD):
+        ks = k0 + tl.arange(0, BD)
+        m = rmask[:, None] & (ks[None, :] < D)
+        ptr = xbase[:, None] + ks[None, :]
+        x = tl.load(X + ptr, mask=m, other=0.0).to(CDT)
+        y = tl.load(Y + ptr, mask=m, other=0.0).to(CDT)
+        de = cdiff[:, None] * (x - y)
+        tl.store(DX + ptr, (de + cx[:, None] * x).to(DX.dtype.element_ty), mask=m)
+        tl.store(DY + ptr, (cy[:, None] * y - de).to(DY.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _dist_fwd_kernel(X, Y, CURV, OUT, N, D, CDT: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     rmask = rows < N
     xbase = rows.to(tl.int64) * D
-    a, b, e, f = _dist_scalars(X, Y, xbase, rmask, D, CDT, BD, BR)
+    a, b, e, f = pair_scalars(X, Y, xbase, rmask, D, CDT, BD, BR)
     c = tl.load(CURV).to(CDT)
     sc = tl.sqrt(c)
     xt = tl.sqrt(1.0 / c + a)
@@ -256,7 +272,7 @@ def _dist_bwd_kernel(X, Y, CURV, G, DX, DY, CPART, N, D,
     rows = pid * BR + tl.arange(0, BR)
     rmask = rows < N
     xbase = rows.to(tl.int64) * D
-    a, b, e, f = _dist_scalars(X, Y, xbase, rmask, D, CDT, BD, BR)
+    a, b, e, f = pair_scalars(X, Y, xbase, rmask, D, CDT, BD, BR)
     g = tl.load(G + rows, mask=rmask, other=0.0).to(CDT)
     c = tl.load(CURV).to(CDT)
     inv_c = 1.0 / c
@@ -279,17 +295,7 @@ def _dist_bwd_kernel(X, Y, CURV, G, DX, DY, CPART, N, D,
     # d = r asinhc(w); explicit dd/dc = (r / sqrt(1 + w^2) - d) / (2c) = r w^2 asinhc_d(w) / (2c)
     fc = -g_s * (1.0 / xt + 1.0 / yt) * (0.5 * inv_c * inv_c) + g * r * w * w * M.asinhc_d(w) * (0.5 * inv_c)
     tl.store(CPART + pid, tl.sum(tl.where(rmask, fc, 0.0), 0))
-    for k0 in range(0, D, BD):
-        ks = k0 + tl.arange(0, BD)
-        m = rmask[:, None] & (ks[None, :] < D)
-        ptr = xbase[:, None] + ks[None, :]
-        x = tl.load(X + ptr, mask=m, other=0.0).to(CDT)
-        y = tl.load(Y + ptr, mask=m, other=0.0).to(CDT)
-        de = (2.0 * g_q)[:, None] * (x - y)
-        dx = de + (2.0 * (g_f + g_a))[:, None] * x
-        dy = -de + (2.0 * (g_b - g_f))[:, None] * y
-        tl.store(DX + ptr, dx.to(DX.dtype.element_ty), mask=m)
-        tl.store(DY + ptr, dy.to(DY.dtype.element_ty), mask=m)
+    store_pair_grads(X, Y, DX, DY, xbase, rmask, D, 2.0 * g_q, 2.0 * (g_f + g_a), 2.0 * (g_b - g_f), CDT, BD)
 
 
 def dist_fwd(x, y, curv):
