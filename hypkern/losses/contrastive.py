@@ -19,17 +19,13 @@ import torch
 from ..checks import check_pair, check_targets, check_weights, positive_scalar
 from ..kernels import registry
 from . import reference as loss_reference
+from .distributed import distributed_contrastive, world_info
 from .kernels import contrastive_stats, cosine_operands, lorentz_operands
 
 __all__ = ["lorentz_contrastive_loss", "clip_contrastive_loss", "ContrastiveLoss", "REDUCTIONS",
            "reduce_pairs"]
 
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def _dist_active(group) -> bool:
-    return (torch.distributed.is_available() and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size(group) > 1)
 
 
 def reduce_pairs(per_pair: torch.Tensor, weights, reduction: str) -> torch.Tensor:
@@ -61,14 +57,13 @@ def _check_common(image, text, targets, weights, reduction, distributed: bool):
 
 def _contrastive(kind, image, text, logit_scale, curv, targets, weights, backend, distributed, group,
                  grad_world_scale, blocks, reduction, uniform_shards):
-    dist_on = bool(distributed) and _dist_active(group)
+    dist_on = bool(distributed) and world_info(group)[1] > 1
     t, w = _check_common(image, text, targets, weights, reduction, dist_on)
     s = positive_scalar("logit_scale", logit_scale, image)
     c = positive_scalar("curv", curv, image) if kind == "lorentz" else None
     op = "lorentz_contrastive" if kind == "lorentz" else "clip_contrastive"
     chosen = registry.resolve(op, backend, image.device.type)
     if dist_on:
-        from .distributed import distributed_contrastive
         return distributed_contrastive(kind, image, text, s, c, targets, weights, backend=chosen, group=group,
                                        blocks=blocks, grad_world_scale=grad_world_scale, reduction=reduction,
                                        uniform_shards=uniform_shards)
